@@ -1,0 +1,238 @@
+"""Tests for datamodules/: the synthetic shapes dataset and the generic VideoDataModule."""
+
+import dataclasses
+import math
+import time
+from functools import partial
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.synthetic import SHAPES, SyntheticVideos, bounce, coverage, render_clip, signed_distance
+from datamodules.video import VideoDataModule
+
+#################################################################################
+#                               SyntheticVideos                                 #
+#################################################################################
+
+
+def test_synthetic_item_layout():
+    dataset = SyntheticVideos(num_frames=6, resolution=32, num_classes=4, num_videos=5)
+    assert len(dataset) == 5
+    item = dataset[3]
+    video = item["video"]
+    assert video.shape == (6, 3, 32, 32) and video.dtype == torch.float32
+    assert video.min() >= -1 and video.max() <= 1 and video.std() > 0.1
+    assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
+    assert "label" not in SyntheticVideos(num_classes=0, num_videos=1)[0]
+    with pytest.raises(IndexError):
+        dataset[5]
+
+
+def test_synthetic_is_deterministic_per_index_and_split():
+    train = SyntheticVideos("train", num_frames=4, resolution=16, num_videos=8)
+    again = SyntheticVideos("train", num_frames=4, resolution=16, num_videos=8)
+    assert torch.equal(train[2]["video"], again[2]["video"])
+    assert torch.equal(train[2]["video"], train[torch.tensor(2)]["video"])
+    assert not torch.equal(train[2]["video"], train[3]["video"])
+    for split in ("val", "test"):
+        other = SyntheticVideos(split, num_frames=4, resolution=16, num_videos=8)
+        assert not torch.equal(train[2]["video"], other[2]["video"]), f"{split} must not repeat train clips"
+    other_seed = SyntheticVideos("train", num_frames=4, resolution=16, num_videos=8, seed=1)
+    assert not torch.equal(train[2]["video"], other_seed[2]["video"])
+
+
+def test_synthetic_frames_move_smoothly():
+    dataset = SyntheticVideos(num_frames=8, resolution=32, num_videos=16)
+    for index in range(4):
+        video = dataset[index]["video"].flatten(1)  # (f, 3*r*r)
+        step = (video[1:] - video[:-1]).abs().mean(dim=1)  # (f-1,)
+        assert (step > 1e-3).all(), "every frame must differ from the previous one"
+        correlation = torch.corrcoef(video)  # (f, f)
+        assert correlation.diagonal(1).min() > 0.8, "consecutive frames must be strongly correlated"
+    other = dataset[5]["video"].flatten(1)
+    assert torch.corrcoef(torch.stack([video[0], other[0]]))[0, 1] < 0.8, "different clips look different"
+
+
+def test_synthetic_shapes_move_on_a_still_background():
+    recipe = SyntheticVideos(num_videos=1).recipe(0)
+    still = dataclasses.replace(recipe, wave_drifts=torch.zeros_like(recipe.wave_drifts))
+    changed = lambda video: ((video[0] - video[-1]).abs().amax(dim=0) > 0).float().mean()  # pixel fraction
+    assert changed(render_clip(recipe, 6, 32)) > 0.9, "the background drifts everywhere"
+    assert 0.01 < changed(render_clip(still, 6, 32)) < 0.5, "without drift only the shapes' pixels change"
+
+
+def test_bounce_keeps_motion_inside_and_continuous():
+    position = torch.linspace(-3, 3, 601)
+    folded = bounce(position, torch.tensor(0.2), torch.tensor(0.8))
+    assert folded.min() >= 0.2 - 1e-6 and folded.max() <= 0.8 + 1e-6
+    assert (folded.diff().abs() <= 0.01 + 1e-6).all(), "reflection must not jump"
+    inside = (position > 0.2) & (position < 0.8)
+    torch.testing.assert_close(folded[inside], position[inside])
+
+
+@pytest.mark.parametrize(
+    ("shape", "area"),  # areas in units of radius**2, from the shape definitions
+    [
+        ("circle", math.pi),
+        ("square", 1.7**2),
+        ("triangle", 3 * math.sqrt(3) * 0.7**2),
+        ("ring", math.pi * 0.6975),
+    ],
+)
+def test_shape_geometry_is_antialiased_and_has_the_right_area(shape: str, area: float):
+    grid = torch.arange(64, dtype=torch.float32) + 0.5
+    dx, dy = grid[None, None, None, :] - 32, grid[None, None, :, None] - 32  # (1, 1, 1, r), (1, 1, r, 1)
+    angle = torch.full((1, 1), 0.3)
+    alpha = coverage(signed_distance(SHAPES.index(shape), dx, dy, angle, torch.tensor(16.0)))  # (1, 1, r, r)
+    assert abs(alpha.sum().item() / (area * 16**2) - 1) < 0.02
+    edge = ((alpha > 0.05) & (alpha < 0.95)).sum()
+    assert edge > 20, "edges must have partial coverage (anti-aliasing)"
+    assert alpha.min() == 0 and alpha.max() == 1
+
+
+def test_synthetic_label_is_the_shape_type_and_covers_all_classes():
+    dataset = SyntheticVideos(num_frames=2, resolution=16, num_classes=4, num_videos=64)
+    labels = [int(dataset[i]["label"]) for i in range(64)]
+    assert labels == [dataset.recipe(i).shape for i in range(64)]
+    assert set(labels) == {0, 1, 2, 3}
+    two = SyntheticVideos(num_frames=2, resolution=16, num_classes=2, num_videos=64)
+    assert {int(two[i]["label"]) for i in range(64)} == {0, 1}, "num_classes=2 uses circles and squares only"
+    assert {SyntheticVideos(num_videos=64).recipe(i).shape for i in range(64)} == {0, 1, 2, 3}
+
+
+def test_synthetic_is_fast():
+    dataset = SyntheticVideos(num_frames=16, resolution=64, num_videos=20)
+    dataset[0]
+    start = time.perf_counter()
+    for index in range(20):
+        dataset[index]
+    assert (time.perf_counter() - start) / 20 < 0.05, "a 16x64x64 clip should take a few ms"
+
+
+def test_synthetic_rejects_bad_arguments():
+    for kwargs, name in [
+        ({"num_classes": 5}, "num_classes"),
+        ({"num_classes": -1}, "num_classes"),
+        ({"split": "validation"}, "split"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"resolution": 4}, "resolution"),
+        ({"num_videos": -1}, "num_videos"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            SyntheticVideos(**kwargs)
+
+
+#################################################################################
+#                               VideoDataModule                                 #
+#################################################################################
+
+
+def synthetic(num_videos: int = 10) -> partial:
+    """A SyntheticVideos factory, as Hydra builds it with `_partial_: true`."""
+    return partial(SyntheticVideos, num_videos=num_videos)
+
+
+def datamodule(factory=None, **kwargs) -> VideoDataModule:
+    """A tiny CPU DataModule: 4 frames of 16x16, batches of 4."""
+    options = dict(num_frames=4, resolution=16, batch_size=4, num_workers=0, pin_memory=False) | kwargs
+    return VideoDataModule(factory or synthetic(), **options)
+
+
+def test_datamodule_batch_layout():
+    dm = datamodule(num_classes=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (4, 4, 3, 16, 16) and batch["video"].dtype == torch.float32
+    assert batch["video"].min() >= -1 and batch["video"].max() <= 1
+    assert batch["label"].shape == (4,) and batch["label"].dtype == torch.int64
+    assert ((batch["label"] >= 0) & (batch["label"] < 3)).all()
+    dm = datamodule()
+    dm.setup("fit")
+    assert "label" not in next(iter(dm.train_dataloader())), "unconditional batches carry no label"
+
+
+def test_datamodule_train_drops_last_and_val_keeps_it():
+    dm = datamodule(val_batch_size=3)
+    dm.setup("fit")
+    assert [len(b["video"]) for b in dm.train_dataloader()] == [4, 4], "10 clips, batch 4, drop_last"
+    assert [len(b["video"]) for b in dm.val_dataloader()] == [3, 3, 3, 1]
+
+
+def test_datamodule_val_is_deterministic_and_train_shuffles():
+    dm = datamodule()
+    dm.setup("fit")
+    first = torch.cat([b["video"] for b in dm.val_dataloader()])
+    second = torch.cat([b["video"] for b in dm.val_dataloader()])
+    assert torch.equal(first, second)
+    assert torch.equal(first[0], dm.splits["val"][0]["video"]), "val keeps the dataset order"
+    torch.manual_seed(0)
+    epochs = [torch.cat([b["video"] for b in dm.train_dataloader()]) for _ in range(2)]
+    assert not torch.equal(epochs[0], epochs[1]), "train order is reshuffled every epoch"
+
+
+def test_datamodule_calls_the_factory_with_its_sizes():
+    calls = []
+
+    def factory(**kwargs) -> Dataset:
+        calls.append(kwargs)
+        return SyntheticVideos(**kwargs, num_videos=4)
+
+    dm = datamodule(factory, num_classes=2, val_split="test")
+    dm.setup("fit")
+    expected = dict(num_frames=4, resolution=16, num_classes=2)
+    assert calls == [dict(split="train", **expected), dict(split="test", **expected)]
+
+
+def test_datamodule_empty_split_fails_at_setup_naming_it():
+    with pytest.raises(ValueError, match="'train' split .* empty"):
+        datamodule(synthetic(num_videos=0)).setup("fit")
+
+    def empty_val(split: str, **kwargs) -> Dataset:
+        return SyntheticVideos(split, **kwargs, num_videos=0 if split == "val" else 8)
+
+    with pytest.raises(ValueError, match="'val' split .* empty"):
+        datamodule(empty_val).setup("fit")
+    with pytest.raises(ValueError, match="batch_size=4"):
+        datamodule(synthetic(num_videos=3)).setup("fit")
+
+
+def test_datamodule_rejects_bad_arguments():
+    for kwargs, name in [
+        ({"num_frames": 0}, "num_frames"),
+        ({"resolution": 4}, "resolution"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"val_batch_size": 0}, "val_batch_size"),
+        ({"num_classes": -1}, "num_classes"),
+        ({"num_workers": -1}, "num_workers"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            datamodule(**kwargs)
+    with pytest.raises(ValueError, match="dataset"):
+        VideoDataModule("not a factory")
+
+
+def test_datamodule_catches_channels_first_clips():
+    class ChannelsFirst(Dataset):
+        def __init__(self, **kwargs):
+            self.inner = SyntheticVideos(**kwargs, num_videos=8)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def __getitem__(self, index: int) -> dict:
+            return {"video": self.inner[index]["video"].transpose(0, 1)}  # (c, f, h, w): the wrong layout
+
+    dm = datamodule(ChannelsFirst, num_frames=5)
+    dm.setup("fit")
+    with pytest.raises(AssertionError, match="num_frames=5"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_datamodule_with_workers():
+    dm = datamodule(num_workers=1)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.drop_last
+    assert next(iter(loader))["video"].shape == (4, 4, 3, 16, 16)
