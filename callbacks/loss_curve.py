@@ -1,0 +1,63 @@
+"""A PNG of the training loss curve, written at the end of training (also when it stops on an error)."""
+
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class LossCurve(Callback):
+    """Records ``key`` after every training step and plots it (raw and smoothed) into ``path``."""
+
+    def __init__(self, path: str, key: str = "train/loss", smoothing: int = 20):
+        self.path = Path(path)
+        self.key = key
+        self.smoothing = smoothing
+        self.steps: list[int] = []
+        self.values: list[float] = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        value = trainer.callback_metrics.get(self.key)
+        if value is not None:
+            self.steps.append(trainer.global_step)
+            self.values.append(float(value))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.plot(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.plot(trainer)
+
+    @rank_zero_only
+    def plot(self, trainer: Trainer) -> Path | None:
+        """Write the PNG and log it to wandb as an image."""
+        if not self.values:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(self.steps, self.values, alpha=0.35, label=self.key)
+        values, k = np.asarray(self.values), min(self.smoothing, len(self.values))
+        csum, idx = np.concatenate([[0.0], np.cumsum(values)]), np.arange(len(values))
+        start = np.maximum(0, idx - k + 1)
+        smooth = (csum[idx + 1] - csum[start]) / (idx + 1 - start)  # trailing mean over k steps
+        ax.plot(self.steps, smooth, label=f"{self.key} (mean of {k})")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(self.key)
+        ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("train/loss_curve", [str(self.path)], step=trainer.global_step)
+        return self.path

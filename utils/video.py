@@ -1,0 +1,65 @@
+"""Writing videos: ``b f c h w`` tensors in [-1, 1] to uint8 frames, grids, mp4 and gif files."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """Map [-1, 1] floats to uint8 the way the Latte reference saves videos: clamp((x/2 + 0.5)*255 + 0.5)."""
+    return ((video.float() * 0.5 + 0.5) * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+def video_grid(videos: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile ``n f c h w`` videos in [-1, 1] into one ``f H W 3`` uint8 array (a grid of ``nrow`` columns)."""
+    assert videos.ndim == 5, f"expected videos (n, f, c, h, w), got {tuple(videos.shape)}"
+    n, f, c, h, w = videos.shape
+    assert c in (1, 3), f"can only write 1- or 3-channel videos, got c={c} (decode latents first)"
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    frames = to_uint8(videos.detach().cpu()).expand(n, f, 3, h, w)
+    canvas = torch.zeros(f, 3, ncol * (h + pad) + pad, nrow * (w + pad) + pad, dtype=torch.uint8)
+    for i in range(n):
+        row, col = divmod(i, nrow)
+        top, left = pad + row * (h + pad), pad + col * (w + pad)
+        canvas[:, :, top : top + h, left : left + w] = frames[i]
+    return rearrange(canvas, "f c h w -> f h w c").numpy()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Write ``f h w 3`` uint8 frames as an H.264 mp4 (imageio-ffmpeg, else OpenCV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = _even_size(frames)
+    if importlib.util.find_spec("imageio_ffmpeg") is not None:
+        import imageio.v2 as imageio
+
+        imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=9, macro_block_size=1)
+    else:  # e.g. the GPU image, which has OpenCV but not imageio-ffmpeg
+        import cv2
+
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames.shape[2:0:-1])
+        for frame in frames:
+            writer.write(frame[..., ::-1])  # RGB -> BGR
+        writer.release()
+    return path
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Write ``f h w 3`` uint8 frames as a looping gif."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return path
+
+
+def _even_size(frames: np.ndarray) -> np.ndarray:
+    """Pad frames to even height and width, which H.264 encoders require."""
+    f, h, w, c = frames.shape
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
