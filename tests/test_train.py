@@ -1,0 +1,219 @@
+"""End to end: train.py / sample.py through the real configs, resume, NaN stop, config errors, loggers."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from tests.conftest import ROOT, compose_train
+from tests.helpers.probes import StartProbe
+from tests.helpers.wandb_offline import logged_config, logged_history
+from utils.run import train
+
+
+def _run(script: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the entry points as a user would, from ``cwd``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env |= {
+        "HOME": str(cwd),
+        "WANDB_SILENT": "true",
+    }  # no wandb credentials: the logger must go offline itself
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+#################################################################################
+#                 The quickstart, exactly as the README runs it                 #
+#################################################################################
+
+
+@pytest.mark.slow
+def test_quickstart_trains_in_three_minutes_and_halves_its_loss(tmp_path):
+    start = time.perf_counter()
+    result = _run("train.py", cwd=tmp_path, timeout=400)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert elapsed < 180, f"python train.py took {elapsed:.0f} s on this machine, the promise is 3 minutes"
+    (run,) = (tmp_path / "logs" / "quickstart" / "runs").iterdir()
+
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "step_0000300.ckpt").is_file()
+    assert (run / "samples" / "step_0000300.mp4").stat().st_size > 1000
+    assert (run / "samples" / "step_0000300.gif").stat().st_size > 1000
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    assert "wandb sync" in result.stdout + result.stderr, "offline wandb must say how to sync"
+
+    history = logged_history(run / "wandb")  # wandb ran offline into the run folder
+    losses = [float(v) for v in history["train/loss"]]
+    assert len(losses) >= 25
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first / 2, f"loss went from {first:.3f} to {last:.3f}: not below half"
+    for key in ("train/loss_mse", "train/loss_vlb", "val/loss", "samples/video", "train/loss_curve"):
+        assert key in history, f"wandb run lacks {key}: {sorted(history)}"
+
+    checkpoint = _load(run / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 300
+    assert not any(k.startswith("autoencoder.") for k in checkpoint["state_dict"])
+    assert any(k.startswith("ema.") for k in checkpoint["state_dict"])
+
+    sampled = _run(
+        "sample.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "num_videos=2", cwd=tmp_path
+    )
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    (sample_run,) = (tmp_path / "logs" / "sample" / "runs").iterdir()
+    assert (sample_run / "grid.mp4").stat().st_size > 1000
+    assert sorted(p.name for p in (sample_run / "videos").iterdir()) == ["0000.mp4", "0001.mp4"]
+
+
+#################################################################################
+#                       In-process runs of the tiny config                      #
+#################################################################################
+
+
+def test_resume_continues_step_count_and_ema(tmp_path, tiny_overrides):
+    first = compose_train(tmp_path / "a", tiny_overrides)
+    train(first)
+    ckpt = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    saved = _load(ckpt)
+    assert saved["global_step"] == 4
+    state = saved["state_dict"]
+    ema = {k: v for k, v in state.items() if k.startswith("ema.")}
+    lagging = [k for k, v in ema.items() if not torch.equal(v, state["backbone." + k[len("ema.") :]])]
+    assert lagging, "after 4 steps the EMA must lag the live weights, or the test below proves nothing"
+
+    StartProbe.seen.clear()
+    resumed = compose_train(
+        tmp_path / "b",
+        [
+            *tiny_overrides,
+            "trainer.max_steps=6",
+            f"ckpt_path={ckpt}",
+            "+callbacks.probe._target_=tests.helpers.probes.StartProbe",
+        ],
+    )
+    train(resumed)
+    (start,) = StartProbe.seen
+    assert start["step"] == 4
+    assert all(torch.equal(start["ema"][k], v) for k, v in ema.items()), (
+        "the EMA restarted instead of continuing"
+    )
+    assert _load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_overrides):
+    cfg = compose_train(
+        tmp_path,
+        [
+            *tiny_overrides,
+            "trainer.max_steps=10",
+            "backbone._target_=tests.helpers.nan_backbone.NaNAfter",
+            "+backbone.nan_after=3",
+        ],
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"train/loss is nan at step 3.*Last good checkpoint: .*last\.ckpt"
+    ):
+        train(cfg)
+    last = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "words"),
+    [
+        ("backbone.size=XXL", "backbone", "size"),
+        ("data.resolution=18", "backbone", "patch_size"),
+        ("module.ema_decay=1.5", "module", "ema_decay"),
+    ],
+)
+def test_bad_config_value_fails_at_start_naming_the_key(tmp_path, tiny_overrides, override, key, words):
+    cfg = compose_train(tmp_path, [*tiny_overrides, override])
+    with pytest.raises(InstantiationException) as error:
+        train(cfg)
+    message = str(error.value)
+    assert f"full_key: {key}" in message or f"full_key: module.{key}" in message, message
+    assert words in message, message
+    assert not (tmp_path / "run" / "checkpoints").exists(), "the run must fail before training starts"
+
+
+def test_csv_and_tensorboard_loggers_record_the_loss(tmp_path, tiny_overrides):
+    cfg = compose_train(tmp_path, [*tiny_overrides, "logger=[csv,tensorboard]"])
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/loss" in metrics
+    (csv,) = (tmp_path / "run" / "csv").rglob("metrics.csv")
+    assert "train/loss" in csv.read_text().splitlines()[0]
+    assert list((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_wandb_offline_run_logs_losses_config_and_videos(tmp_path, tiny_overrides):
+    cfg = compose_train(tmp_path, [*tiny_overrides, "logger=wandb", "tags=[test]"])
+    train(cfg)
+    history = logged_history(tmp_path / "run" / "wandb")
+    assert {"train/loss", "train/loss_vlb", "val/loss", "samples/video", "trainer/global_step"} <= set(
+        history
+    )
+    assert all(video["_type"] == '"videos"' for video in history["samples/video"])
+    config = json.loads(logged_config(tmp_path / "run" / "wandb")["config"])
+    assert config["backbone"]["_target_"] == "backbones.Latte", "the resolved Hydra config must reach wandb"
+    assert config["tags"] == ["test"]
+
+
+def test_checkpoint_holds_the_resolved_config(tmp_path, tiny_overrides):
+    train(compose_train(tmp_path, tiny_overrides))
+    config = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"]
+    assert config["backbone"]["_target_"] == "backbones.Latte"
+    assert json.dumps(config)  # plain containers, no OmegaConf nodes
+
+
+def test_class_conditional_training_samples_with_guidance(tmp_path, tiny_overrides):
+    cfg = compose_train(tmp_path, [*tiny_overrides, "data.num_classes=4", "sampler.cfg_scale=4.0"])
+    train(cfg)
+    state = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert state["backbone.y_embedder.embedding_table.weight"].shape == (5, 128), "4 classes + the null class"
+    assert (tmp_path / "run" / "samples" / "step_0000004.gif").is_file(), "guided sampling must run"
+
+
+def test_sample_py_reads_an_official_latte_file(tmp_path):
+    from backbones import Latte
+    from tests.conftest import compose_train as compose
+    from utils.run import sample
+
+    torch.manual_seed(0)
+    official = Latte(size="tiny", patch_size=4, input_size=16, in_channels=3, num_frames=4, num_classes=5)
+    for p in official.parameters():  # non-zero weights, so the samples depend on them
+        p.data.normal_(0, 0.02)
+    torch.save({"ema": official.state_dict()}, tmp_path / "ucf101.pt")
+    overrides = [
+        f"ckpt_path={tmp_path / 'ucf101.pt'}",
+        "official.model=Latte-tiny/4",
+        "official.input_size=16",
+        "official.num_frames=4",
+        "official.in_channels=3",
+        "autoencoder=identity",
+        "sampler=ddim",
+        "sampler.num_steps=3",
+        "sampler.cfg_scale=7.0",
+        "num_videos=3",
+        "batch_size=2",
+    ]
+    written = sample(compose(tmp_path, overrides, config_name="sample"))
+    names = sorted(p.relative_to(tmp_path / "run").as_posix() for p in written)
+    assert names == ["grid.gif", "grid.mp4", "videos/0000.mp4", "videos/0001.mp4", "videos/0002.mp4"]
+    assert all(p.stat().st_size > 500 for p in written)
