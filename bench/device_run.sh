@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One visit to the lent GPU: GPU tests, the training-throughput table, and a longer quickstart on the GPU.
+# Run from the repo root on the device with .whl carried (../shared/tools/device-wheels.sh core).
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+what=${*:-tests quickstart throughput}   # sections to run: any of tests, quickstart, throughput
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
+
+if [[ $what == *tests* ]]; then
+echo "== GPU tests"
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -5
+fi
+
+if [[ $what == *quickstart* ]]; then
+echo "== quickstart model on the GPU, 5000 steps, batch 32, bf16-mixed"
+start=$(date +%s)
+python3 train.py trainer=gpu logger=csv trainer.max_steps=5000 data.batch_size=32 data.num_workers=6 \
+  trainer.enable_progress_bar=false trainer.val_check_interval=2500 callbacks.model_checkpoint.every_n_train_steps=2500 \
+  callbacks.video_sampler.every_n_steps=2500 callbacks.video_sampler.num_videos=16 paths.log_dir=/tmp/logs 2>&1 \
+  | grep -vE "Warning|warn|^\s*$" | tail -5
+echo "quickstart_gpu_wall_s $(( $(date +%s) - start ))"
+run=$(ls -d /tmp/logs/quickstart/runs/*/ | tail -1)
+cp "$run"/loss_curve.png "$OUT"/gpu_loss_curve.png; cp "$run"/samples/step_0005000.gif "$OUT"/gpu_samples_ddim25_5000.gif
+tail -3 "$run"/csv/version_0/metrics.csv
+python3 sample.py ckpt_path="$run"/checkpoints/last.ckpt num_videos=16 batch_size=16 paths.log_dir=/tmp/logs 2>&1 | tail -1
+cp "$(ls -d /tmp/logs/sample/runs/*/ | tail -1)"/grid.gif "$OUT"/gpu_samples_ddpm250_5000.gif
+fi
+
+if [[ $what == *throughput* ]]; then
+echo "== training throughput (Latte-XL/2, 16x4x32x32, batch 5, bf16-mixed)"
+python3 bench/train_throughput.py --json "$OUT"/train_throughput.json 2>&1 | grep -vE "Warning|warn"
+fi
