@@ -7,11 +7,13 @@ from diffusion.gaussian import (
     normal_kl,
     space_timesteps,
 )
-from diffusion.noise_priors import IIDNoise
+from diffusion.noise_priors import IIDNoise, MixedNoise, ProgressiveNoise
 
 __all__ = [
     "GaussianDiffusion",
     "IIDNoise",
+    "MixedNoise",
+    "ProgressiveNoise",
     "Sampler",
     "discretized_gaussian_log_likelihood",
     "normal_kl",
