@@ -5,8 +5,16 @@ is a factory behind it, built by Hydra with `_partial_: true` and called here as
 
 A dataset item is {"video": (f, c, h, w) float in [-1, 1], "label": int64 scalar (only when conditional),
 ...}; a batch is {"video": (b, f, c, h, w), "label": (b,), ...}. Frames come before channels everywhere.
+
+Image-video joint training (Latte's LatteIMG, `use_image_num` > 0): every TRAINING item gets `use_image_num`
+single frames of other clips of the same split appended after its `num_frames` video frames, so a training
+batch is {"video": (b, num_frames + use_image_num, c, h, w), "label": (b,), "image_label": (b, use_image_num)}
+("label"/"image_label" only when conditional). The model treats the trailing frames as independent images.
+Validation and test batches stay video-only: Latte evaluates (and samples) videos alone, and this keeps the
+validation loss comparable between joint and video-only runs.
 """
 
+import hashlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -27,16 +35,21 @@ def check_int(name: str, value: Any, low: int) -> None:
 
 
 def collate_clips(
-    samples: list[dict[str, Any]], num_frames: int, resolution: int, num_classes: int
+    samples: list[dict[str, Any]], num_frames: int, resolution: int, num_classes: int, use_image_num: int = 0
 ) -> dict[str, Any]:
-    """Stack clip dicts into a batch and assert the `b f c h w` layout every module downstream relies on."""
+    """Stack clip dicts into a batch and assert the `b f c h w` layout every module downstream relies on.
+
+    use_image_num > 0 (joint-training loader only): dim 1 must hold exactly num_frames + use_image_num frames,
+    and a conditional batch must carry "image_label" (b, use_image_num).
+    """
     batch = default_collate(samples)
     video = batch["video"]
     assert video.ndim == 5 and video.is_floating_point(), (
         f"batch['video'] must be a float (b, f, c, h, w) video; got {video.dtype} {tuple(video.shape)}."
     )
-    assert video.shape[1] == num_frames, (
-        f"Expected num_frames={num_frames} on dim 1 (b f c h w); got {tuple(video.shape)}. "
+    images = f" + use_image_num={use_image_num} image frames" if use_image_num > 0 else ""
+    assert video.shape[1] == num_frames + use_image_num, (
+        f"Expected num_frames={num_frames}{images} on dim 1 (b f c h w); got {tuple(video.shape)}. "
         "Is the dataset returning (c, f, h, w) clips?"
     )
     assert video.shape[3] == video.shape[4] == resolution, (
@@ -48,7 +61,107 @@ def collate_clips(
         assert label.shape == (video.shape[0],) and label.dtype == torch.int64, (
             f"batch['label'] must be int64 of shape (b,); got {label.dtype} {tuple(label.shape)}."
         )
+    if num_classes > 0 and use_image_num > 0:
+        assert "image_label" in batch, "Conditional joint training needs each image's own 'image_label'."
+        image_label = batch["image_label"]
+        assert image_label.shape == (video.shape[0], use_image_num) and image_label.dtype == torch.int64, (
+            f"batch['image_label'] must be int64 of shape (b, use_image_num={use_image_num}); "
+            f"got {image_label.dtype} {tuple(image_label.shape)}."
+        )
     return batch
+
+
+#################################################################################
+#                        Image Frames for Joint Training                        #
+#################################################################################
+
+
+def item_generator(seed: int, index: int) -> torch.Generator:
+    """A CPU generator seeded by a stable hash of (seed, index): the same draws in any process or epoch."""
+    digest = hashlib.blake2b(f"images/{seed}/{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+class WithImageFrames(Dataset):
+    """A clip dataset whose items get `use_image_num` frames of other clips appended: `(f + k, c, h, w)`.
+
+    Image j of item i is frame `frame_idx` of clip `clip`, both drawn uniformly (with replacement, so k may
+    exceed the number of clips) from a generator seeded by (seed, i): the same images for item i in every
+    epoch and every DataLoader worker (as in the official image datasets, an index's images stay fixed), never
+    from global RNG. The item's own clip is never drawn unless it is the only clip.
+
+    Cost: by default a frame is read as `dataset[clip]["video"][frame_idx]`, which loads a whole clip per
+    image. A dataset can offer a cheaper optional `frame(index, frame_idx) -> {"image": (c, h, w), "label":
+    int64 scalar (when conditional)}`, with frame_idx in [0, num_frames) of the clip `dataset[index]` gives;
+    it is used whenever present. The choices are deterministic; the pixels are as deterministic as the
+    dataset's items (a random temporal window or flip inside the dataset stays random).
+    """
+
+    def __init__(
+        self, dataset: Dataset, use_image_num: int, num_frames: int, num_classes: int, seed: int = 0
+    ):
+        """dataset: clips of `num_frames` frames; num_classes > 0 adds "image_label" (use_image_num,)."""
+        check_int("use_image_num", use_image_num, 1)
+        check_int("num_frames", num_frames, 1)
+        check_int("num_classes", num_classes, 0)
+        check_int("seed", seed, 0)
+        if len(dataset) == 0:
+            raise ValueError("Joint training needs at least one clip to draw image frames from; got 0.")
+        self.dataset = dataset
+        self.use_image_num = use_image_num
+        self.num_frames = num_frames
+        self.num_classes = num_classes
+        self.seed = seed
+
+    def __len__(self) -> int:
+        """As many items as the wrapped dataset has clips."""
+        return len(self.dataset)
+
+    def image_sources(self, index: int) -> list[tuple[int, int]]:
+        """The (clip, frame index) of each image of item `index`: a pure function of (seed, index)."""
+        count = len(self.dataset)
+        if not 0 <= index < count:
+            raise IndexError(f"index {index} out of range for {count} clips.")
+        generator = item_generator(self.seed, index)
+        if count > 1:
+            clips = torch.randint(count - 1, (self.use_image_num,), generator=generator)  # (k,) in [0, n-1)
+            clips += (clips >= index).long()  # (k,) skips the own clip: uniform over the n-1 others
+        else:
+            clips = torch.zeros(self.use_image_num, dtype=torch.int64)  # (k,) the only clip there is
+        frames = torch.randint(self.num_frames, (self.use_image_num,), generator=generator)  # (k,)
+        return list(zip(clips.tolist(), frames.tolist()))
+
+    def image(self, clip: int, frame_idx: int) -> dict[str, Any]:
+        """Frame `frame_idx` of clip `clip` as {"image": (c, h, w), "label": ...}, cheaply if possible."""
+        if hasattr(self.dataset, "frame"):
+            return self.dataset.frame(clip, frame_idx)
+        item = self.dataset[clip]
+        assert item["video"].ndim == 4, f"Clips must be (f, c, h, w); got {tuple(item['video'].shape)}."
+        return {"image": item["video"][frame_idx], "label": item.get("label")}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Clip `index` with its images appended: {"video": (f + k, c, h, w), "image_label": (k,), ...}."""
+        index = int(index)  # the seed must not depend on the index's type (int, numpy or tensor)
+        sources = self.image_sources(index)
+        item = dict(self.dataset[index])
+        video = item["video"]  # (f, c, h, w)
+        assert video.ndim == 4 and video.shape[0] == self.num_frames, (
+            f"Clips must be (f={self.num_frames}, c, h, w) before images are appended; "
+            f"got {tuple(video.shape)}."
+        )
+        drawn = [self.image(clip, frame_idx) for clip, frame_idx in sources]
+        images = torch.stack([image["image"] for image in drawn])  # (k, c, h, w)
+        assert images.shape[1:] == video.shape[1:], (
+            f"Image frames {tuple(images.shape[1:])} must match the clip's frames {tuple(video.shape[1:])}."
+        )
+        item["video"] = torch.cat([video, images.to(video.dtype)])  # (f + k, c, h, w)
+        if self.num_classes > 0:
+            assert all(image.get("label") is not None for image in drawn), (
+                "Conditional images need their labels."
+            )
+            labels = [torch.as_tensor(image["label"], dtype=torch.int64) for image in drawn]
+            item["image_label"] = torch.stack(labels)  # (k,)
+        return item
 
 
 #################################################################################
@@ -70,12 +183,17 @@ class VideoDataModule(LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         val_split: str = "val",
+        use_image_num: int = 0,
+        image_seed: int = 0,
     ):
         """
         dataset: factory, dataset(split=, num_frames=, resolution=, num_classes=) -> Dataset of clips.
         num_classes: 0 = unconditional; > 0 = every clip carries an int64 "label" in [0, num_classes).
         batch_size: clips per device per step (Latte: 5 per GPU); val_batch_size defaults to batch_size.
         val_split: the split the validation loader reads (e.g. "test" for datasets without a "val" split).
+        use_image_num: 0 = video only; k > 0 = image-video joint training: every training clip gets k
+            frames of other training clips appended (see `WithImageFrames`); val and test stay video-only.
+        image_seed: seeds which clip and frame each appended image is (fixed per item across epochs).
         """
         super().__init__()
         if not callable(dataset):
@@ -85,6 +203,8 @@ class VideoDataModule(LightningDataModule):
         check_int("num_classes", num_classes, 0)
         check_int("batch_size", batch_size, 1)
         check_int("num_workers", num_workers, 0)
+        check_int("use_image_num", use_image_num, 0)
+        check_int("image_seed", image_seed, 0)
         if val_batch_size is not None:
             check_int("val_batch_size", val_batch_size, 1)
         self.dataset = dataset
@@ -96,9 +216,11 @@ class VideoDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.val_split = val_split
-        self.collate = partial(
-            collate_clips, num_frames=num_frames, resolution=resolution, num_classes=num_classes
-        )
+        self.use_image_num = use_image_num
+        self.image_seed = image_seed
+        sizes = dict(num_frames=num_frames, resolution=resolution, num_classes=num_classes)
+        self.train_collate = partial(collate_clips, **sizes, use_image_num=use_image_num)
+        self.eval_collate = partial(collate_clips, **sizes, use_image_num=0)
         self.splits: dict[str, Dataset] = {}
 
     def build(self, split: str) -> Dataset:
@@ -129,24 +251,29 @@ class VideoDataModule(LightningDataModule):
             self.build("test")
 
     def loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader over `split`: shuffled with drop_last for training, fixed order otherwise."""
+        """A DataLoader over `split`: shuffled, drop_last and image frames for training; fixed otherwise."""
+        dataset = self.build(split)
+        if train and self.use_image_num > 0:
+            dataset = WithImageFrames(
+                dataset, self.use_image_num, self.num_frames, self.num_classes, seed=self.image_seed
+            )
         return DataLoader(
-            self.build(split),
+            dataset,
             batch_size=batch_size,
             shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=self.collate,
+            collate_fn=self.train_collate if train else self.eval_collate,
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training clips; incomplete last batches are dropped (as in Latte's training)."""
+        """Shuffled training clips (+ their image frames); incomplete last batches dropped, as in Latte."""
         return self.loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation clips of `val_split` in a fixed order, the last batch kept."""
+        """Validation clips of `val_split` in a fixed order, the last batch kept; never image frames."""
         return self.loader(self.val_split, self.val_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:

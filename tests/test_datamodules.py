@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.synthetic import SHAPES, SyntheticVideos, bounce, coverage, render_clip, signed_distance
-from datamodules.video import VideoDataModule
+from datamodules.video import VideoDataModule, WithImageFrames, collate_clips
 
 #################################################################################
 #                               SyntheticVideos                                 #
@@ -206,6 +206,9 @@ def test_datamodule_rejects_bad_arguments():
         ({"val_batch_size": 0}, "val_batch_size"),
         ({"num_classes": -1}, "num_classes"),
         ({"num_workers": -1}, "num_workers"),
+        ({"use_image_num": -1}, "use_image_num"),
+        ({"use_image_num": 1.5}, "use_image_num"),
+        ({"image_seed": -1}, "image_seed"),
     ]:
         with pytest.raises(ValueError, match=name):
             datamodule(**kwargs)
@@ -236,3 +239,155 @@ def test_datamodule_with_workers():
     loader = dm.train_dataloader()
     assert loader.persistent_workers and loader.drop_last
     assert next(iter(loader))["video"].shape == (4, 4, 3, 16, 16)
+
+
+#################################################################################
+#                         Image-Video Joint Training                            #
+#################################################################################
+
+
+def clip_index(video: torch.Tensor, clips: list[torch.Tensor]) -> int:
+    """The index of the one clip whose frames open `video` (f + k, c, h, w)."""
+    matches = [i for i, clip in enumerate(clips) if torch.equal(video[: len(clip)], clip)]
+    assert len(matches) == 1, f"the video frames must be exactly one clip of the dataset, matched {matches}"
+    return matches[0]
+
+
+def test_joint_batch_layout_with_and_without_labels():
+    dm = datamodule(num_classes=3, use_image_num=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (4, 4 + 3, 3, 16, 16), "images are appended after the video frames"
+    assert batch["label"].shape == (4,) and batch["label"].dtype == torch.int64
+    assert batch["image_label"].shape == (4, 3) and batch["image_label"].dtype == torch.int64
+    assert ((batch["image_label"] >= 0) & (batch["image_label"] < 3)).all()
+    dm = datamodule(use_image_num=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (4, 6, 3, 16, 16)
+    assert "label" not in batch and "image_label" not in batch, "unconditional batches carry no labels"
+
+
+def test_joint_images_are_frames_of_other_clips_with_their_labels():
+    dm = datamodule(synthetic(num_videos=8), num_classes=4, use_image_num=5)
+    dm.setup("fit")
+    dataset = dm.splits["train"]
+    clips = [dataset[i]["video"] for i in range(len(dataset))]
+    labels = [int(dataset[i]["label"]) for i in range(len(dataset))]
+    wrapper = WithImageFrames(dataset, use_image_num=5, num_frames=4, num_classes=4)
+    seen = []
+    for batch in dm.train_dataloader():
+        for video, label, image_label in zip(batch["video"], batch["label"], batch["image_label"]):
+            own = clip_index(video, clips)
+            assert int(label) == labels[own], "the video keeps its own label"
+            for image, image_class, (clip, frame) in zip(video[4:], image_label, wrapper.image_sources(own)):
+                assert clip != own, "an image must come from another clip"
+                assert torch.equal(image, clips[clip][frame]), "an image is one frame of the drawn clip"
+                assert int(image_class) == labels[clip], "an image carries its own clip's label"
+                seen.append((clip, frame))
+    assert len(seen) == 8 * 5
+    assert len({clip for clip, _ in seen}) > 3 and len({frame for _, frame in seen}) > 2, "draws must vary"
+
+
+def test_joint_never_draws_the_own_clip_and_allows_more_images_than_clips():
+    dataset = SyntheticVideos(num_frames=4, resolution=16, num_videos=3)
+    wrapper = WithImageFrames(dataset, use_image_num=20, num_frames=4, num_classes=0)
+    for index in range(3):
+        sources = wrapper.image_sources(index)
+        assert len(sources) == 20
+        assert {clip for clip, _ in sources} == {0, 1, 2} - {index}, "draws cover every other clip, not own"
+        assert all(0 <= frame < 4 for _, frame in sources)
+    assert wrapper[torch.tensor(1)]["video"].shape == (24, 3, 16, 16)
+    single = WithImageFrames(SyntheticVideos(num_frames=4, resolution=16, num_videos=1), 3, 4, 0)
+    assert {clip for clip, _ in single.image_sources(0)} == {0}, "a lone clip can only offer its own frames"
+    dm = datamodule(synthetic(num_videos=4), use_image_num=6)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["video"].shape == (4, 10, 3, 16, 16), "draws with replacement"
+    with pytest.raises(IndexError):
+        wrapper.image_sources(3)
+    with pytest.raises(ValueError, match="use_image_num"):
+        WithImageFrames(dataset, use_image_num=0, num_frames=4, num_classes=0)
+
+
+def test_joint_images_are_deterministic_across_epochs_and_workers():
+    def images_per_clip(num_workers: int, image_seed: int = 0) -> dict[int, torch.Tensor]:
+        """{clip index: its (k, c, h, w) images} over two shuffled epochs, checking both epochs agree."""
+        dm = datamodule(
+            synthetic(num_videos=8), use_image_num=3, num_workers=num_workers, image_seed=image_seed
+        )
+        dm.setup("fit")
+        clips = [dm.splits["train"][i]["video"] for i in range(8)]
+        found: dict[int, torch.Tensor] = {}
+        for epoch in range(2):
+            torch.manual_seed(epoch)  # a different order per epoch
+            for batch in dm.train_dataloader():
+                for video in batch["video"]:
+                    own = clip_index(video, clips)
+                    assert own not in found or torch.equal(found[own], video[4:]), "same images every epoch"
+                    found[own] = video[4:]
+        return found
+
+    in_process, in_worker = images_per_clip(num_workers=0), images_per_clip(num_workers=1)
+    assert sorted(in_process) == list(range(8))
+    assert all(torch.equal(in_process[i], in_worker[i]) for i in range(8)), "workers draw the same images"
+    other_seed = images_per_clip(num_workers=0, image_seed=1)
+    assert not all(torch.equal(in_process[i], other_seed[i]) for i in range(8)), "image_seed changes draws"
+
+
+def test_joint_validation_and_test_batches_have_no_images():
+    dm = datamodule(num_classes=2, use_image_num=3, val_batch_size=3)
+    dm.setup("fit")
+    dm.setup("test")
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            assert batch["video"].shape[1:] == (4, 3, 16, 16), "evaluation clips are video-only"
+            assert "image_label" not in batch and batch["label"].shape == (len(batch["video"]),)
+    assert torch.equal(next(iter(dm.val_dataloader()))["video"][0], dm.splits["val"][0]["video"])
+
+
+def test_joint_collate_checks_the_exact_frame_count_and_image_labels():
+    def samples(frames: int, image_label: torch.Tensor | None = None) -> list[dict]:
+        """Two fake items of `frames` frames, labelled, with an optional image_label."""
+        item = {"video": torch.zeros(frames, 3, 8, 8), "label": torch.tensor(1)}
+        return [item | ({"image_label": image_label} if image_label is not None else {})] * 2
+
+    sizes = dict(num_frames=4, resolution=8, num_classes=2)
+    batch = collate_clips(samples(6, torch.tensor([0, 1])), **sizes, use_image_num=2)
+    assert batch["video"].shape == (2, 6, 3, 8, 8) and batch["image_label"].shape == (2, 2)
+    with pytest.raises(AssertionError, match="num_frames=4 on dim 1"):
+        collate_clips(samples(6), **sizes)  # extra frames without joint training
+    with pytest.raises(AssertionError, match="use_image_num=2"):
+        collate_clips(samples(4, torch.tensor([0, 1])), **sizes, use_image_num=2)  # images missing
+    with pytest.raises(AssertionError, match="use_image_num=2"):
+        collate_clips(samples(7, torch.tensor([0, 1])), **sizes, use_image_num=2)  # one frame too many
+    with pytest.raises(AssertionError, match="image_label"):
+        collate_clips(samples(6), **sizes, use_image_num=2)
+    with pytest.raises(AssertionError, match="image_label"):
+        collate_clips(samples(6, torch.tensor([0, 1, 1])), **sizes, use_image_num=2)
+
+
+def test_joint_reads_images_through_a_dataset_frame_method_when_offered():
+    class CheapFrames(SyntheticVideos):
+        """SyntheticVideos that records clip reads and offers a single-frame read."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.reads, self.frames = [], []
+
+        def __getitem__(self, index: int) -> dict:
+            self.reads.append(int(index))
+            return super().__getitem__(index)
+
+        def frame(self, index: int, frame_idx: int) -> dict:
+            self.frames.append((index, frame_idx))
+            item = super().__getitem__(index)
+            return {"image": item["video"][frame_idx], "label": item["label"]}
+
+    sizes = dict(num_frames=4, resolution=16, num_classes=4, num_videos=6)
+    cheap = WithImageFrames(CheapFrames(**sizes), use_image_num=3, num_frames=4, num_classes=4)
+    plain = WithImageFrames(SyntheticVideos(**sizes), use_image_num=3, num_frames=4, num_classes=4)
+    item, expected = cheap[2], plain[2]
+    assert cheap.dataset.reads == [2], "only the item's own clip is read whole"
+    assert cheap.dataset.frames == cheap.image_sources(2), "every image comes through frame()"
+    assert torch.equal(item["video"], expected["video"]), "frame() and the fallback give the same images"
+    assert torch.equal(item["image_label"], expected["image_label"])
