@@ -76,7 +76,7 @@ class LatteDiffusion(LightningModule):
             ).float()  # (b, f, c, h', w'); diffusion math in fp32 under autocast
         b = x0.shape[0]
         t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=self.device, generator=generator)
-        noise = self.noise_prior(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = self.draw_noise(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.diffusion.training_losses(
             self.backbone, x0, t, noise=noise, model_kwargs=self._condition(batch)
         )
@@ -113,14 +113,26 @@ class LatteDiffusion(LightningModule):
             "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"},
         }
 
+    def draw_noise(self, shape: tuple[int, ...], **kwargs) -> torch.Tensor:
+        """Training noise for ``b f c h w`` latents: the prior over video frames, iid over appended images."""
+        video_frames = self.backbone.num_frames
+        noise = self.noise_prior((*shape[:1], video_frames, *shape[2:]), **kwargs)  # (b, f, c, h, w)
+        if shape[1] == video_frames:
+            return noise
+        images = torch.randn((*shape[:1], shape[1] - video_frames, *shape[2:]), **kwargs)  # (b, n, c, h, w)
+        return torch.cat([noise, images], dim=1)
+
     def _condition(self, batch: dict) -> dict:
-        """Backbone keyword arguments: class labels when the backbone is class-conditional."""
+        """Backbone keyword arguments: class labels (and the appended images' labels) if class-conditional."""
         if self.backbone.num_classes == 0:
             return {}
         assert "label" in batch, (
             "a class-conditional backbone needs batch['label'] (set data.num_classes > 0)"
         )
-        return {"y": batch["label"]}
+        condition = {"y": batch["label"]}
+        if "image_label" in batch:  # image-video joint training: one label per appended image
+            condition["y_image"] = batch["image_label"]
+        return condition
 
     #############################################################################
     #                            EMA of the backbone                            #
