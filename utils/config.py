@@ -1,14 +1,24 @@
 """Hydra glue: OmegaConf resolvers and building keyed maps of callbacks and loggers."""
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 
+def sweep_choices() -> list[str]:
+    """The ``key=value`` choices this multirun job got for the keys its sweep preset sweeps over."""
+    hydra_cfg = HydraConfig.get()
+    swept = set(hydra_cfg.sweeper.get("params") or {})
+    return [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+
+
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (``${floordiv:a,b}``); safe to call twice."""
+    """Register the resolvers the configs use (``${floordiv:a,b}``, ``${sweep_choices:}``); idempotent."""
     if not OmegaConf.has_resolver("floordiv"):
         OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
+    if not OmegaConf.has_resolver("sweep_choices"):
+        OmegaConf.register_new_resolver("sweep_choices", sweep_choices)
 
 
 def instantiate_map(cfg: DictConfig | None, what: str) -> list:

@@ -1,5 +1,6 @@
 """What ``train.py`` and ``sample.py`` run: build everything from the Hydra config, then fit or sample."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +34,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     finally:
         _finish_wandb()
-    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if trainer.is_global_zero:  # the run's result, one file per sweep job
+        (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
