@@ -1,19 +1,27 @@
-"""Latte: latent video diffusion transformer with interleaved spatial and temporal blocks.
+"""Latte: latent video diffusion transformer, with every ablation axis of the Latte paper as a choice.
 
-Written from the facts in references/latte.md §1 (Vchitect/Latte `models/latte.py`, paper "Variant 1").
-Parameter names equal the official ones, so the released checkpoints load strictly. Videos are
-`b f c h w` (frames before channels) at the input and at the output.
+Written from the facts in references/latte.md §1 (Vchitect/Latte `models/latte.py`, `models/latte_img.py`)
+and the ablations of the Latte paper (its Fig. 6): 4 model variants, 2 patch embeddings, 2 ways to inject
+the timestep/class, 2 temporal position embeddings, ImageNet-DiT init (backbones/pretrained.py) and
+image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute) are the official model:
+its parameter names equal the official ones, so the released checkpoints load strictly.
+
+Videos are `b f c h w` (frames before channels) at the input and at the output. Inside, tokens are kept as
+(b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l patch tokens.
 """
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
+
+from backbones.pretrained import load_dit_init
 
 LATTE_SIZES: dict[str, dict] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -24,13 +32,31 @@ LATTE_SIZES: dict[str, dict] = {
 }
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation of a token sequence (n, l, d) by per-sequence shift and scale (n, d)."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+def _require(ok: bool, message: str) -> None:
+    """Raise a ValueError with `message` unless `ok` (config validation)."""
+    if not ok:
+        raise ValueError(message)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift (broadcast over tokens); the identity without adaLN (None)."""
+    return x if shift is None else x * (1 + scale) + shift
+
+
+def gated(gate: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero gate of a residual branch; the identity without adaLN (None)."""
+    return x if gate is None else gate * x
+
+
+def add_to_video(x: torch.Tensor, video: int, update: torch.Tensor) -> torch.Tensor:
+    """x (b, t, l, d) plus `update` on its first `video` frames (the clip); images after them stay."""
+    if video == x.shape[1]:
+        return x + update  # (b, t, l, d)
+    return torch.cat([x[:, :video] + update, x[:, video:]], dim=1)  # (b, t, l, d)
 
 
 #################################################################################
-#                     Fixed Sine-Cosine Position Embeddings                     #
+#               Fixed Sine-Cosine and Rotary Position Embeddings                #
 #################################################################################
 
 
@@ -47,22 +73,97 @@ def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
     return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
 
 
+class RotaryEmbedding(nn.Module):
+    """RoPE over the sequence index: channel pairs (k, k + e/2) rotate by angle pos * base^(-2k/e)."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        assert head_dim % 2 == 0, f"RoPE rotates channel pairs, so head_dim={head_dim} must be even"
+        self.head_dim, self.base = head_dim, base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate queries or keys (n, h, L, e) by their position 0..L-1 along dim 2."""
+        half = self.head_dim // 2
+        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (e/2,)
+        positions = torch.arange(x.shape[2], dtype=torch.float32, device=x.device)  # (L,)
+        angles = positions[:, None] * inv_freq[None]  # (L, e/2)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, e/2)
+        x1, x2 = x[..., :half], x[..., half:]  # (n, h, L, e/2)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (n, h, L, e)
+
+
 #################################################################################
 #                                Embedding Layers                               #
 #################################################################################
 
 
 class PatchEmbed(nn.Module):
-    """Uniform per-frame patch embedding: a Conv2d with kernel = stride = patch size."""
+    """Uniform patch embedding: every frame cut into p x p patches by a Conv2d with kernel = stride = p."""
+
+    frames_per_token = 1
 
     def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed frames (n, c, h, w) into row-major patch tokens (n, h*w/p^2, d)."""
-        x = self.proj(x)  # (n, d, h/p, w/p)
-        return rearrange(x, "n d gh gw -> n (gh gw) d")  # (n, l, d)
+        """Embed frames (b, f, c, h, w) into row-major patch tokens (b, f, h*w/p^2, d)."""
+        b = x.shape[0]
+        x = self.proj(rearrange(x, "b f c h w -> (b f) c h w"))  # (b*f, d, h/p, w/p)
+        return rearrange(x, "(b f) d gh gw -> b f (gh gw) d", b=b)  # (b, f, l, d)
+
+
+class TubeletEmbed(nn.Module):
+    """Compression patch embedding: s x p x p tubelets by a Conv3d with kernel = stride = (s, p, p)."""
+
+    def __init__(self, patch_size: int, in_channels: int, hidden_size: int, temporal_stride: int):
+        super().__init__()
+        self.frames_per_token = temporal_stride
+        kernel = (temporal_stride, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a clip (b, f, c, h, w) into tubelet tokens (b, f/s, h*w/p^2, d)."""
+        x = self.proj(rearrange(x, "b f c h w -> b c f h w"))  # (b, d, f/s, h/p, w/p)
+        return rearrange(x, "b d f gh gw -> b f (gh gw) d")  # (b, f/s, l, d)
+
+
+class FrameUpsample(nn.Module):
+    """Restores the clip's frames after the linear decoder: ConvTranspose3d, kernel = stride = (s, 1, 1)."""
+
+    def __init__(self, channels: int, temporal_stride: int):
+        super().__init__()
+        kernel = (temporal_stride, 1, 1)
+        self.proj = nn.ConvTranspose3d(channels, channels, kernel_size=kernel, stride=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upsample latent frames (b, f/s, c, h, w) to (b, f, c, h, w)."""
+        x = self.proj(rearrange(x, "b f c h w -> b c f h w"))  # (b, c, f, h, w)
+        return rearrange(x, "b c f h w -> b f c h w")  # (b, f, c, h, w)
+
+
+def uniform_patches(
+    patch_size: int, in_channels: int, hidden_size: int, out_channels: int, temporal_stride: int
+) -> tuple[nn.Module, nn.Module]:
+    """uniform: per-frame 2-D patches; every frame keeps its tokens, so nothing restores frames."""
+    return PatchEmbed(patch_size, in_channels, hidden_size), nn.Identity()
+
+
+def compression_patches(
+    patch_size: int, in_channels: int, hidden_size: int, out_channels: int, temporal_stride: int
+) -> tuple[nn.Module, nn.Module]:
+    """compression: 3-D tubelets of temporal_stride frames, restored by a transposed convolution."""
+    return (
+        TubeletEmbed(patch_size, in_channels, hidden_size, temporal_stride),
+        FrameUpsample(out_channels, temporal_stride),
+    )
+
+
+# patch_embed -> (embedder of b f c h w clips into (b, t, l, d) tokens, frame restorer after the decoder)
+PATCH_EMBEDDINGS: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
+    "uniform": uniform_patches,
+    "compression": compression_patches,
+}
 
 
 class TimestepEmbedder(nn.Module):
@@ -106,27 +207,204 @@ class LabelEmbedder(nn.Module):
 
 
 #################################################################################
-#                               Transformer Blocks                              #
+#                      Timestep and Class Injection (axis 3)                    #
 #################################################################################
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (rows [q; k; v], head index slowest)."""
+@dataclass
+class Frames:
+    """What every block needs to know about the frames of one forward call besides their tokens."""
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    video: int  # frames [0, video) are the clip's (latent) frames; the rest are independent images
+    c: torch.Tensor | None  # (b, t, d) conditioning vector per frame (s_adaln), else None
+    tokens: torch.Tensor | None  # (b, t, m, d) conditioning tokens per frame (all_tokens), else None
+
+    def video_only(self) -> "Frames":
+        """The same description restricted to the clip's frames."""
+        c = None if self.c is None else self.c[:, : self.video]
+        tokens = None if self.tokens is None else self.tokens[:, : self.video]
+        return Frames(self.video, c, tokens)
+
+
+class AdaLNConditioning:
+    """s_adaln (official): c = t_emb + y_emb scales, shifts and gates every block and the final layer."""
+
+    affine_norms = False  # adaLN supplies scale and shift
+
+    @staticmethod
+    def modulation(hidden_size: int, chunks: int) -> nn.Module | None:
+        """adaLN: SiLU then a Linear to `chunks` vectors (zero-initialised: adaLN-Zero)."""
+        return nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size))
+
+    @staticmethod
+    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None, frames: int) -> tuple:
+        """(c, None): per-frame vectors c = t_emb (+ the frame's label embedding), shape (b, t, d)."""
+        c = repeat(t_emb, "b d -> b t d", t=frames)  # (b, t, d)
+        return (c if labels is None else c + labels), None
+
+
+class TokenConditioning:
+    """all_tokens: t_emb (and the label embedding) are extra tokens of every attention sequence; no adaLN."""
+
+    affine_norms = True  # plain pre-norm blocks
+
+    @staticmethod
+    def modulation(hidden_size: int, chunks: int) -> nn.Module | None:
+        """No modulation: blocks and the final layer are unconditioned except through attention."""
+        return None
+
+    @staticmethod
+    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None, frames: int) -> tuple:
+        """(None, tokens): per-frame tokens [t_emb] or [t_emb, the frame's label embedding] (b, t, m, d)."""
+        tokens = repeat(t_emb, "b d -> b t 1 d", t=frames)  # (b, t, 1, d)
+        if labels is not None:
+            tokens = torch.cat([tokens, labels.unsqueeze(2)], dim=2)  # (b, t, 2, d)
+        return None, tokens
+
+
+Conditioner = type[AdaLNConditioning] | type[TokenConditioning]
+CONDITIONINGS: dict[str, Conditioner] = {
+    "s_adaln": AdaLNConditioning,
+    "all_tokens": TokenConditioning,
+}
+
+
+def adaln_chunks(modulation: nn.Module | None, c: torch.Tensor | None, chunks: int) -> tuple:
+    """The `chunks` modulation tensors (b, t, 1, d) from per-frame c (b, t, d); all None without adaLN."""
+    if modulation is None:
+        return (None,) * chunks
+    return modulation(c).unsqueeze(2).chunk(chunks, dim=-1)  # chunks x (b, t, 1, d)
+
+
+#################################################################################
+#               Attention within Frames, across Frames, or Both                 #
+#################################################################################
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+    """Softmax attention of q (n, h, L, e) over k, v (n, h, L, e) after prefix keys/values (2, n, h, m, e)."""
+    if prefix is not None:
+        k = torch.cat([prefix[0], k], dim=2)  # (n, h, m + L, e)
+        v = torch.cat([prefix[1], v], dim=2)  # (n, h, m + L, e)
+    return F.scaled_dot_product_attention(q, k, v)  # (n, h, L, e)
+
+
+def attend_within_frames(qkv: torch.Tensor, prefix_kv: torch.Tensor | None) -> torch.Tensor:
+    """The l tokens of each frame attend to each other: qkv (3, b, h, t, l, e) -> (b, h, t, l, e)."""
+    b = qkv.shape[1]
+    q, k, v = rearrange(qkv, "three b h t l e -> three (b t) h l e")  # (b*t, h, l, e)
+    if prefix_kv is not None:  # each frame's own conditioning tokens
+        prefix_kv = rearrange(prefix_kv, "two b h t m e -> two (b t) h m e")  # (2, b*t, h, m, e)
+    return rearrange(attend(q, k, v, prefix_kv), "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
+
+
+def attend_across_frames(
+    qkv: torch.Tensor, prefix_kv: torch.Tensor | None, rotate: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The clip's f frames attend to each other per location: qkv (3, b, h, f, l, e) -> (b, h, f, l, e)."""
+    b, length = qkv.shape[1], qkv.shape[4]
+    q, k, v = rearrange(qkv, "three b h f l e -> three (b l) h f e")  # (b*l, h, f, e)
+    if prefix_kv is not None:  # the clip's frames share their conditioning tokens: frame 0's
+        prefix_kv = repeat(prefix_kv[:, :, :, 0], "two b h m e -> two (b l) h m e", l=length)
+    x = attend(rotate(q), rotate(k), v, prefix_kv)  # (b*l, h, f, e)
+    return rearrange(x, "(b l) h f e -> b h f l e", b=b)  # (b, h, f, l, e)
+
+
+def attend_alone(qkv: torch.Tensor, prefix_kv: torch.Tensor | None) -> torch.Tensor:
+    """Each token attends only to itself (and its frame's conditioning tokens): qkv (3, b, h, n, l, e)."""
+    b, length = qkv.shape[1], qkv.shape[4]
+    q, k, v = rearrange(qkv, "three b h n l e -> three (b n l) h 1 e")  # (b*n*l, h, 1, e)
+    if prefix_kv is not None:
+        prefix_kv = repeat(prefix_kv, "two b h n m e -> two (b n l) h m e", l=length)  # (2, b*n*l, h, m, e)
+    x = attend(q, k, v, prefix_kv)  # (b*n*l, h, 1, e)
+    return rearrange(x, "(b n l) h 1 e -> b h n l e", b=b, l=length)  # (b, h, n, l, e)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, fused qkv (rows [q; k; v], head index slowest); subclasses group tokens.
+
+    Every subclass maps modulated tokens (b, t, l, d) to their attention update (b, t, l, d). `prefix`
+    (b, t, m, d) holds each frame's conditioning tokens (all_tokens): their keys and values, made by the
+    same qkv, lead every sequence, and they get no output (so no extra tokens leave the attention).
+    """
+
+    over_time = False  # attends across frames: RoPE (temporal_pos="rope") applies to it
+
+    def __init__(self, hidden_size: int, num_heads: int, rope: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
+        self.rope = RotaryEmbedding(hidden_size // num_heads) if rope and self.over_time else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attend over the l tokens of each of the n sequences: (n, l, d) -> (n, l, d)."""
-        qkv = self.qkv(x)  # (n, l, 3d)
-        q, k, v = rearrange(
-            qkv, "n l (three h e) -> three n h l e", three=3, h=self.num_heads
-        )  # (n, h, l, e)
-        x = F.scaled_dot_product_attention(q, k, v)  # (n, h, l, e)
-        return self.proj(rearrange(x, "n h l e -> n l (h e)"))  # (n, l, d)
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused q, k, v of tokens (b, t, l, d) split into heads: (3, b, h, t, l, e)."""
+        return rearrange(self.qkv(x), "b t l (three h e) -> three b h t l e", three=3, h=self.num_heads)
+
+    def prefix_kv(self, prefix: torch.Tensor | None) -> torch.Tensor | None:
+        """Keys and values (2, b, h, t, m, e) of the conditioning tokens (b, t, m, d); None without them."""
+        return None if prefix is None else self.heads(prefix)[1:]
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """RoPE of the frame index along dim 2 of queries or keys (n, h, f, e); identity without RoPE."""
+        return x if self.rope is None else self.rope(x)  # (n, h, f, e)
+
+
+class SpatialAttention(Attention):
+    """Attention among the l tokens of each frame, clip frames and images alike."""
+
+    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+        """Update (b, t, l, d) of tokens x (b, t, l, d)."""
+        x = attend_within_frames(self.heads(x), self.prefix_kv(prefix))  # (b, h, t, l, e)
+        return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
+
+
+class TemporalAttention(Attention):
+    """Attention among the clip's frames at each token location; image frames get no update."""
+
+    over_time = True
+
+    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+        """Update (b, t, l, d) of tokens x (b, t, l, d): across the first `video` frames, zero for images."""
+        images = x[:, video:]  # (b, n, l, d)
+        qkv = self.heads(x[:, :video])  # (3, b, h, f, l, e)
+        clip_prefix = None if prefix is None else prefix[:, :1]  # the clip's frames share their tokens
+        x = attend_across_frames(qkv, self.prefix_kv(clip_prefix), self.rotate)  # (b, h, f, l, e)
+        x = self.proj(rearrange(x, "b h f l e -> b f l (h e)"))  # (b, f, l, d)
+        if images.shape[1]:  # joint training: the images are not attended across
+            x = torch.cat([x, torch.zeros_like(images)], dim=1)  # (b, t, l, d)
+        return x
+
+
+class FactorisedHeadsAttention(Attention):
+    """Variant 4: the first half of the heads attend within each frame, the second half across frames.
+
+    Both groups share qkv and proj; concatenating their outputs before `proj` equals summing the two
+    groups' projected outputs (the paper's "outputs summed"). An image frame's temporal heads attend only
+    to itself (and its conditioning tokens).
+    """
+
+    over_time = True
+
+    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+        """Update (b, t, l, d) of tokens x (b, t, l, d)."""
+        half, frames = self.num_heads // 2, x.shape[1]
+        qkv, prefix_kv = self.heads(x), self.prefix_kv(prefix)  # (3, b, h, t, l, e), (2, b, h, t, m, e)
+        space_kv = None if prefix_kv is None else prefix_kv[:, :, :half]  # (2, b, h/2, t, m, e)
+        time_kv = None if prefix_kv is None else prefix_kv[:, :, half:]  # (2, b, h/2, t, m, e)
+        space = attend_within_frames(qkv[:, :, :half], space_kv)  # (b, h/2, t, l, e)
+        time = attend_across_frames(qkv[:, :, half:, :video], time_kv, self.rotate)  # (b, h/2, f, l, e)
+        if video < frames:  # joint training: an image's temporal heads see that image alone
+            images_kv = None if time_kv is None else time_kv[:, :, :, video:]  # (2, b, h/2, n, m, e)
+            alone = attend_alone(qkv[:, :, half:, video:], images_kv)  # (b, h/2, n, l, e)
+            time = torch.cat([time, alone], dim=2)  # (b, h/2, t, l, e)
+        x = torch.cat([space, time], dim=1)  # (b, h, t, l, e)
+        return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
+
+
+#################################################################################
+#                         Transformer Blocks and Variants                       #
+#################################################################################
 
 
 class Mlp(nn.Module):
@@ -139,44 +417,138 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(int(hidden_size * mlp_ratio), hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise: (n, l, d) -> (n, l, d)."""
-        return self.fc2(self.act(self.fc1(x)))  # (n, l, d)
+        """Apply the MLP token-wise: (..., d) -> (..., d)."""
+        return self.fc2(self.act(self.fc1(x)))  # (..., d)
 
 
 class LatteBlock(nn.Module):
-    """Transformer block with adaLN-Zero conditioning; spatial or temporal only by how tokens are grouped."""
+    """Pre-norm transformer block: its attention branch(es), then an MLP branch; subclasses pick attentions.
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+    With s_adaln every branch is scaled/shifted before and gated after by adaLN-Zero (one modulation per
+    block, shared by all its attention branches); with all_tokens the norms are affine and nothing is
+    modulated, and the attentions see the frame's conditioning tokens (normalised by norm1 like the rest).
+    """
+
+    attentions: dict[str, type[Attention]] = {}  # attribute name -> attention class, applied in this order
+    dit_parts: tuple[str, ...] = ()  # submodules that an image DiT block of the same index initialises
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float, conditioner: Conditioner, rope: bool
+    ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=conditioner.affine_norms, eps=1e-6)
+        for name, attention in self.attentions.items():
+            setattr(self, name, attention(hidden_size, num_heads, rope))
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=conditioner.affine_norms, eps=1e-6)
         self.mlp = Mlp(hidden_size, mlp_ratio)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.adaLN_modulation = conditioner.modulation(hidden_size, 6)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Update sequences x (n, l, d) under their conditioning vectors c (n, d)."""
-        modulation = self.adaLN_modulation(c)  # (n, 6d)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)  # (n, d)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (n, l, d)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(
-            modulate(self.norm2(x), shift_mlp, scale_mlp)
-        )  # (n, l, d)
+    @classmethod
+    def mixes_time(cls) -> bool:
+        """Whether the block attends across frames."""
+        return any(attention.over_time for attention in cls.attentions.values())
+
+    def forward(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
+        """Update tokens x (b, t, l, d) of the frames that `frames` describes."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
+            self.adaLN_modulation, frames.c, 6
+        )  # (b, t, 1, d) each, or None
+        prefix = None if frames.tokens is None else self.norm1(frames.tokens)  # (b, t, m, d)
+        for name in self.attentions:
+            h = modulate(self.norm1(x), shift_msa, scale_msa)  # (b, t, l, d)
+            x = x + gated(gate_msa, getattr(self, name)(h, frames.video, prefix))  # (b, t, l, d)
+        return x + gated(gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))  # (b, t, l, d)
+
+
+class SpatialBlock(LatteBlock):
+    """Variants 1 and 2: attention within each frame (clip frames and images alike)."""
+
+    attentions = {"attn": SpatialAttention}
+    dit_parts = ("attn", "mlp", "adaLN_modulation")
+
+
+class TemporalBlock(LatteBlock):
+    """Variants 1 and 2: attention across the clip's frames; image frames skip the whole block (LatteIMG)."""
+
+    attentions = {"attn": TemporalAttention}
+
+    def forward(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
+        """Update the clip's tokens x[:, :video] (b, t, l, d); the images' tokens pass unchanged."""
+        clip = super().forward(x[:, : frames.video], frames.video_only())  # (b, f, l, d)
+        if frames.video == x.shape[1]:
+            return clip  # (b, t, l, d)
+        return torch.cat([clip, x[:, frames.video :]], dim=1)  # (b, t, l, d)
+
+
+class FactorisedAttentionBlock(LatteBlock):
+    """Variant 3: attention within each frame, then across the clip's frames (attn_temp), then the MLP."""
+
+    attentions = {"attn": SpatialAttention, "attn_temp": TemporalAttention}
+    dit_parts = ("attn", "mlp", "adaLN_modulation")
+
+
+class FactorisedHeadsBlock(LatteBlock):
+    """Variant 4: one attention whose heads split between space and time, then the MLP."""
+
+    attentions = {"attn": FactorisedHeadsAttention}
+    dit_parts = ("attn", "mlp", "adaLN_modulation")
+
+
+def matched_depth(depth: int, block: type[LatteBlock], mlp_ratio: float) -> int:
+    """The depth at which `block`s hold the weights of `depth` one-attention blocks (the paper's budget).
+
+    Weights per block in units of D²: adaLN 6, qkv + proj 4 per attention, MLP 2 * mlp_ratio (biases aside).
+    """
+    weights_one, weights = (6 + 4 * n + 2 * mlp_ratio for n in (1, len(block.attentions)))
+    return max(1, round(depth * weights_one / weights))
+
+
+def interleaved(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
+    """Variant 1 (official): blocks[2k] spatial, blocks[2k+1] temporal."""
+    _require(
+        depth % 2 == 0, f"variant 1 pairs spatial and temporal blocks: depth={depth}, but depth must be even"
+    )
+    return [SpatialBlock, TemporalBlock] * (depth // 2)
+
+
+def late_fusion(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
+    """Variant 2: the first half of the blocks spatial, the second half temporal."""
+    _require(depth % 2 == 0, f"variant 2 splits the blocks in half: depth={depth}, but depth must be even")
+    return [SpatialBlock] * (depth // 2) + [TemporalBlock] * (depth // 2)
+
+
+def factorised_attention(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
+    """Variant 3: every block attends in space then time; fewer blocks for the same weights (XL: 23)."""
+    return [FactorisedAttentionBlock] * matched_depth(depth, FactorisedAttentionBlock, mlp_ratio)
+
+
+def factorised_heads(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
+    """Variant 4: every block splits its heads between space and time; same weights per block as variant 1."""
+    return [FactorisedHeadsBlock] * matched_depth(depth, FactorisedHeadsBlock, mlp_ratio)
+
+
+# variant -> the block classes, in order, for a size's depth and mlp_ratio
+VARIANTS: dict[int, Callable[[int, float], list[type[LatteBlock]]]] = {
+    1: interleaved,
+    2: late_fusion,
+    3: factorised_attention,
+    4: factorised_heads,
+}
 
 
 class FinalLayer(nn.Module):
-    """adaLN-modulated LayerNorm (shift, scale) and a linear map from tokens to patch pixels."""
+    """LayerNorm (adaLN-modulated by shift, scale with s_adaln), then a linear map from tokens to patches."""
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, conditioner: Conditioner):
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=conditioner.affine_norms, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        self.adaLN_modulation = conditioner.modulation(hidden_size, 2)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Map tokens (n, l, d) to patches (n, l, p*p*c_out), ordered (p_row, p_col, channel)."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # (n, d) each
-        return self.linear(modulate(self.norm_final(x), shift, scale))  # (n, l, p*p*c_out)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Map tokens (b, t, l, d) to patches (b, t, l, p*p*c_out), ordered (p_row, p_col, channel)."""
+        shift, scale = adaln_chunks(self.adaLN_modulation, c, 2)  # (b, t, 1, d) each, or None
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (b, t, l, p*p*c_out)
 
 
 #################################################################################
@@ -184,14 +556,46 @@ class FinalLayer(nn.Module):
 #################################################################################
 
 
-def _require(ok: bool, message: str) -> None:
-    """Raise a ValueError with `message` unless `ok` (config validation)."""
-    if not ok:
-        raise ValueError(message)
+TEMPORAL_POSITIONS = ("absolute", "rope")
 
 
 class Latte(nn.Module):
-    """Latte Variant 1: blocks[2k] attend within each frame, blocks[2k+1] across frames at each location."""
+    """Latte with every ablation axis of its paper as a constructor choice; defaults = the official model.
+
+    Axes, each a small piece picked from a registry:
+    * `variant` (VARIANTS): 1 interleaved spatial/temporal blocks (official: blocks[2k] spatial,
+      blocks[2k+1] temporal); 2 late fusion (first half of the blocks spatial, second half temporal);
+      3 factorised attention (each block attends within each frame, then across frames with `attn_temp`,
+      each with its own residual under the block's one adaLN, then one MLP); 4 factorised heads (half of
+      the heads attend within each frame and half across frames, in one attention).
+    * `patch_embed` (PATCH_EMBEDDINGS): "uniform" per-frame p x p patches, or "compression": s x p x p
+      tubelets (s = `temporal_stride`, unused by uniform), so the transformer runs on num_frames / s
+      latent frames, and a ConvTranspose3d (kernel = stride = (s, 1, 1)) after the linear decoder restores
+      num_frames frames (it starts at zero, so a fresh model still outputs 0).
+    * `conditioning` (CONDITIONINGS): "s_adaln" (official adaLN-Zero on c = t_emb + y_emb) or
+      "all_tokens" (t_emb and y_emb are extra tokens of every attention sequence; no adaLN anywhere, so
+      Latte-XL/2 has 448.0M parameters instead of 673.7M).
+    * `temporal_pos`: "absolute" (frozen sin-cos `temp_embed`, added once before the first block that
+      attends across frames: after block 0 for variant 1, before block depth/2 for 2, at the input for 3
+      and 4) or "rope" (rotary embedding of the frame index on q and k in every temporal attention; the
+      conditioning tokens are not rotated; there is no `temp_embed`).
+    * `pretrained_dit`: path of an ImageNet DiT checkpoint that initialises the spatial parts
+      (backbones/pretrained.py); its report is kept in `dit_init_report`.
+
+    Depth per variant (the paper equalised parameters): a block of variants 1, 2 and 4 holds qkv + proj
+    (4 D²), the MLP (8 D²) and adaLN (6 D²), so they keep the size's depth; a variant-3 block has a second
+    attention (22 D²), so its depth is round(depth * 18 / 22) (`matched_depth`): Latte-XL/2 28 -> 23.
+    Trainable parameters of Latte-XL/2: 673.68M (variants 1, 2, 4) and 676.36M (3), against the paper's
+    673.68 / 673.68 / 676.33 / 676.44M; variant 4 stays 0.41% below the paper (one block more would be
+    3.1% above), as its factorised heads add no weights to a block.
+
+    Image-video joint training (LatteIMG): x may carry n extra frames after the clip's num_frames frames.
+    They are independent images: they go through the spatial attention, the MLPs and the final layer, and
+    never through temporal attention or temp_embed (variants 1/2: they skip the temporal blocks; 3: they
+    skip attn_temp; 4: their temporal heads see only themselves). With labels, `y_image` (b, n) gives
+    each image its own label (own label dropout): the clip's frames are conditioned on t + y, image k on
+    t + y_image[:, k]. Not with compression, whose tubelets span several frames.
+    """
 
     def __init__(
         self,
@@ -204,6 +608,12 @@ class Latte(nn.Module):
         class_dropout_prob: float = 0.1,
         learn_sigma: bool = True,
         mlp_ratio: float = 4.0,
+        variant: int = 1,
+        patch_embed: str = "uniform",
+        temporal_stride: int = 2,
+        conditioning: str = "s_adaln",
+        temporal_pos: str = "absolute",
+        pretrained_dit: str | os.PathLike | None = None,
     ):
         super().__init__()
         _require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
@@ -221,42 +631,88 @@ class Latte(nn.Module):
         _require(0 <= class_dropout_prob <= 1, f"class_dropout_prob={class_dropout_prob} must be in [0, 1]")
         _require(mlp_ratio > 0, f"mlp_ratio={mlp_ratio} must be > 0")
         _require(
-            depth % 2 == 0,
-            f"size={size!r} has depth={depth}, but depth must be even: spatial and temporal blocks alternate",
-        )
-        _require(
             hidden_size % num_heads == 0 and hidden_size % 4 == 0,
             f"size={size!r} has hidden_size={hidden_size}, which must be divisible by num_heads={num_heads} "
             "and by 4 (2-D sin-cos position embedding)",
         )
-        self.size, self.depth, self.hidden_size, self.num_heads = size, depth, hidden_size, num_heads
+        _require(
+            variant in VARIANTS,
+            f"variant={variant!r} is unknown; valid variants: 1 (interleaved), 2 (late fusion), "
+            "3 (factorised attention), 4 (factorised heads)",
+        )
+        _require(
+            patch_embed in PATCH_EMBEDDINGS,
+            f"patch_embed={patch_embed!r} is unknown; valid: {', '.join(PATCH_EMBEDDINGS)}",
+        )
+        _require(
+            conditioning in CONDITIONINGS,
+            f"conditioning={conditioning!r} is unknown; valid: {', '.join(CONDITIONINGS)}",
+        )
+        _require(
+            temporal_pos in TEMPORAL_POSITIONS,
+            f"temporal_pos={temporal_pos!r} is unknown; valid: {', '.join(TEMPORAL_POSITIONS)}",
+        )
+        _require(temporal_stride >= 1, f"temporal_stride={temporal_stride} must be a positive integer")
+        _require(
+            patch_embed != "compression" or num_frames % temporal_stride == 0,
+            f"num_frames={num_frames} is not divisible by temporal_stride={temporal_stride}: "
+            "compression patch embedding cuts the clip into tubelets of temporal_stride frames",
+        )
+        _require(
+            variant != 4 or num_heads % 2 == 0,
+            f"variant 4 splits the heads between space and time, but size={size!r} has num_heads={num_heads}",
+        )
+        _require(
+            temporal_pos != "rope" or (hidden_size // num_heads) % 2 == 0,
+            f"RoPE rotates channel pairs, but size={size!r} has an odd head dim {hidden_size // num_heads}",
+        )
+        self.size, self.hidden_size, self.num_heads = size, hidden_size, num_heads
         self.patch_size, self.input_size, self.num_frames = patch_size, input_size, num_frames
         self.in_channels, self.learn_sigma, self.num_classes = in_channels, learn_sigma, num_classes
+        self.variant, self.patch_embed, self.temporal_stride = variant, patch_embed, temporal_stride
+        self.conditioning, self.temporal_pos = conditioning, temporal_pos
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_patches = (input_size // patch_size) ** 2
+        self.conditioner = CONDITIONINGS[conditioning]
+        layout = VARIANTS[variant](depth, mlp_ratio)
+        self.depth = len(layout)
 
-        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.x_embedder, self.frame_upsample = PATCH_EMBEDDINGS[patch_embed](
+            patch_size, in_channels, hidden_size, self.out_channels, temporal_stride
+        )
+        self.latent_frames = num_frames // self.x_embedder.frames_per_token
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes else None
         # Frozen Parameters, not buffers, so that they are in the state_dict as in the official checkpoints.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_size), requires_grad=False)
-        self.temp_embed = nn.Parameter(torch.zeros(1, num_frames, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList(LatteBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.temp_embed, self.temp_embed_at = None, None
+        if temporal_pos == "absolute":
+            self.temp_embed = nn.Parameter(
+                torch.zeros(1, self.latent_frames, hidden_size), requires_grad=False
+            )
+            self.temp_embed_at = [block.mixes_time() for block in layout].index(True)
+        rope = temporal_pos == "rope"
+        self.blocks = nn.ModuleList(
+            block(hidden_size, num_heads, mlp_ratio, self.conditioner, rope) for block in layout
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, self.conditioner)
         self.initialize_weights()
+        self.dit_init_report = None if pretrained_dit is None else load_dit_init(self, pretrained_dit)
 
     def initialize_weights(self) -> None:
-        """Official initialisation; the adaLN-Zero and output layers start at zero, so the output is 0."""
+        """Official initialisation; adaLN-Zero and the last output layer start at zero, so the output is 0."""
         # Every Linear: xavier-uniform weight, zero bias.
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        # Fixed sin-cos tables for the spatial grid and the frames.
+        # Fixed sin-cos tables for the spatial grid and the (latent) frames.
         grid_size = self.input_size // self.patch_size
         self.pos_embed.data.copy_(sincos_2d(self.hidden_size, grid_size).unsqueeze(0))
-        self.temp_embed.data.copy_(sincos_1d(self.hidden_size, torch.arange(self.num_frames)).unsqueeze(0))
-        # Patch embedding like a Linear: xavier-uniform on the (d, c*p*p) view, zero bias.
+        if self.temp_embed is not None:
+            frames = torch.arange(self.latent_frames)
+            self.temp_embed.data.copy_(sincos_1d(self.hidden_size, frames).unsqueeze(0))
+        # Patch embedding like a Linear: xavier-uniform on the (d, c*[s*]p*p) view, zero bias.
         weight = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
@@ -265,26 +721,62 @@ class Latte(nn.Module):
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        # adaLN-Zero: every modulation and the output projection start at zero.
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        # adaLN-Zero: every modulation (s_adaln) starts at zero.
+        for module in [*self.blocks, self.final_layer]:
+            if module.adaLN_modulation is not None:
+                nn.init.zeros_(module.adaLN_modulation[-1].weight)
+                nn.init.zeros_(module.adaLN_modulation[-1].bias)
+        # The last layer that makes the output starts at zero: the frame upsampling with compression (the
+        # linear before it keeps its xavier init, or both would stay zero), else the linear decoder.
+        upsample = isinstance(self.frame_upsample, FrameUpsample)
+        output_layer = self.frame_upsample.proj if upsample else self.final_layer.linear
+        nn.init.zeros_(output_layer.weight)
+        nn.init.zeros_(output_layer.bias)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Patches (n, l, p*p*c_out), channel fastest, back to images (n, c_out, h, w)."""
+        """Patches (b, t, l, p*p*c_out), channel fastest, back to frames (b, t, c_out, h, w)."""
         grid, p = self.input_size // self.patch_size, self.patch_size
-        return rearrange(x, "n (gh gw) (p q c) -> n c (gh p) (gw q)", gh=grid, p=p, q=p)  # (n, c_out, h, w)
+        return rearrange(
+            x, "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=grid, p=p, q=p
+        )  # (b, t, c, h, w)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict (b, f, c_out, h, w) from latents x (b, f, c, h, w), timesteps t (b,) and labels y (b,)."""
+    def embed_labels(
+        self, y: torch.Tensor | None, y_image: torch.Tensor | None, images: int
+    ) -> torch.Tensor | None:
+        """Label embedding per latent frame (b, t, d): the clip's label on its frames, then each image's."""
+        if self.y_embedder is None:
+            assert y_image is None, "y_image is given, but the model is unconditional (num_classes=0)"
+            return None
+        b = y.shape[0]
+        assert y.shape == (b,), f"y must hold one label per video, shape ({b},), got {tuple(y.shape)}"
+        assert y_image is not None or images == 0, (
+            f"x carries {images} image frames after the clip: a class-conditional model needs "
+            f"y_image ({b}, n)"
+        )
+        y_image = y.new_zeros(b, 0) if y_image is None else y_image
+        assert y_image.shape == (b, images), (
+            f"y_image must hold one label per image, shape ({b}, {images}), got {tuple(y_image.shape)}"
+        )
+        clip = repeat(self.y_embedder(y), "b d -> b f d", f=self.latent_frames)  # (b, f, d)
+        own = rearrange(self.y_embedder(y_image.flatten()), "(b n) d -> b n d", b=b)  # (b, n, d)
+        return torch.cat([clip, own], dim=1)  # (b, t, d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        y_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict (b, f, c_out, h, w) from latents x (b, f, c, h, w), timesteps t (b,) and labels y (b,).
+
+        f = num_frames + n: any frames after the clip are n independent images with labels y_image (b, n).
+        """
         assert x.ndim == 5, f"Latte expects latents shaped (b, f, c, h, w), got {tuple(x.shape)}"
         b, f, c, h, w = x.shape  # latents: frames before channels
-        assert f == self.num_frames, (
-            f"got {f} frames, but temp_embed was built for num_frames={self.num_frames}"
+        images = f - self.num_frames
+        assert images >= 0, (
+            f"got {f} frames, fewer than num_frames={self.num_frames}: x holds the clip, then any images"
         )
         assert c == self.in_channels, f"got {c} channels on dim 2, expected in_channels={self.in_channels}"
         assert h == w == self.input_size, (
@@ -294,24 +786,24 @@ class Latte(nn.Module):
         assert (y is not None) == (self.y_embedder is not None), (
             f"y must be given iff the model is class-conditional (num_classes={self.num_classes})"
         )
-        x = self.x_embedder(rearrange(x, "b f c h w -> (b f) c h w")) + self.pos_embed  # (b*f, l, d)
-        cond = self.t_embedder(t)  # (b, d)
-        if self.y_embedder is not None:
-            assert y.shape == (b,), f"y must hold one label per video, shape ({b},), got {tuple(y.shape)}"
-            cond = cond + self.y_embedder(y)  # (b, d)
-        cond_spatial = repeat(cond, "b d -> (b f) d", f=f)  # (b*f, d)
-        cond_temporal = repeat(cond, "b d -> (b l) d", l=self.num_patches)  # (b*l, d)
-        for i in range(0, self.depth, 2):
-            spatial_block, temporal_block = self.blocks[i : i + 2]
-            x = spatial_block(x, cond_spatial)  # (b*f, l, d): attention over the tokens of one frame
-            x = rearrange(x, "(b f) l d -> (b l) f d", b=b)  # (b*l, f, d)
-            if i == 0:
-                x = x + self.temp_embed  # (b*l, f, d): added once, after the first spatial block
-            x = temporal_block(x, cond_temporal)  # (b*l, f, d): attention over the frames of one location
-            x = rearrange(x, "(b l) f d -> (b f) l d", b=b)  # (b*f, l, d)
-        x = self.final_layer(x, cond_spatial)  # (b*f, l, p*p*c_out)
-        x = self.unpatchify(x)  # (b*f, c_out, h, w)
-        return rearrange(x, "(b f) c h w -> b f c h w", b=b)  # (b, f, c_out, h, w)
+        _require(
+            images == 0 or self.x_embedder.frames_per_token == 1,
+            f"x carries {images} image frames after the num_frames={self.num_frames} clip, but "
+            f"patch_embed='compression' merges frames into tubelets: image-video joint training needs "
+            "patch_embed='uniform'",
+        )
+        video = self.latent_frames
+        x = self.x_embedder(x) + self.pos_embed  # (b, t, l, d): t = latent clip frames + images
+        labels = self.embed_labels(y, y_image, images)  # (b, t, d) or None
+        c, tokens = self.conditioner.condition(self.t_embedder(t), labels, video + images)  # (b, t, [m,] d)
+        frames = Frames(video, c, tokens)
+        for i, block in enumerate(self.blocks):
+            if i == self.temp_embed_at:  # absolute: before the first block that attends across frames
+                x = add_to_video(x, video, self.temp_embed.unsqueeze(2))  # (b, t, l, d)
+            x = block(x, frames)  # (b, t, l, d)
+        x = self.final_layer(x, c)  # (b, t, l, p*p*c_out)
+        x = self.unpatchify(x)  # (b, t, c_out, h, w)
+        return self.frame_upsample(x)  # (b, f, c_out, h, w)
 
 
 #################################################################################

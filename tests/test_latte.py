@@ -319,8 +319,8 @@ def test_odd_depth_raises(monkeypatch):
 
 def test_forward_rejects_wrong_layout():
     model = Latte(size="tiny", **TINY)
-    with pytest.raises(AssertionError, match="num_frames=4"):
-        model(torch.randn(1, 6, 4, 8, 8), torch.tensor([1]))
+    with pytest.raises(AssertionError, match="got 3 frames, fewer than num_frames=4"):
+        model(torch.randn(1, 3, 4, 8, 8), torch.tensor([1]))  # more frames = clip + images; fewer is wrong
     with pytest.raises(AssertionError, match="in_channels=4"):
         model(torch.randn(1, 4, 8, 4, 4), torch.tensor([1]))  # b c f h w is refused
     with pytest.raises(AssertionError, match=r"\(b, f, c, h, w\)"):
