@@ -1,5 +1,7 @@
 """Hydra glue: OmegaConf resolvers and building keyed maps of callbacks and loggers."""
 
+from pathlib import Path
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_info
@@ -7,10 +9,15 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def sweep_choices() -> list[str]:
-    """The ``key=value`` choices this multirun job got for the keys its sweep preset sweeps over."""
+    """The ``key=value`` choices this multirun job got for the keys its sweep preset sweeps over.
+
+    They become wandb tags, which hold 64 characters at most: a path value is shortened to its file name.
+    """
     hydra_cfg = HydraConfig.get()
     swept = set(hydra_cfg.sweeper.get("params") or {})
-    return [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    choices = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    short = [c if len(c) <= 64 else f"{c.split('=', 1)[0]}={Path(c.split('=', 1)[1]).name}" for c in choices]
+    return [c[:64] for c in short]
 
 
 def register_resolvers() -> None:

@@ -66,3 +66,14 @@ def logged_config(run_dir: Path) -> dict[str, str]:
         for config in _typed_records(run_dir, "config")
         for item in config.update
     }
+
+
+def logged_run(run_dir: Path) -> dict:
+    """The run's identity as the offline run under ``run_dir`` recorded it: group, tags, job type, name."""
+    (run,) = list(_typed_records(run_dir, "run"))[:1]
+    return {
+        "group": run.run_group,
+        "tags": list(run.tags),
+        "job_type": run.job_type,
+        "name": run.display_name,
+    }
