@@ -217,3 +217,30 @@ def test_sample_py_reads_an_official_latte_file(tmp_path):
     names = sorted(p.relative_to(tmp_path / "run").as_posix() for p in written)
     assert names == ["grid.gif", "grid.mp4", "videos/0000.mp4", "videos/0001.mp4", "videos/0002.mp4"]
     assert all(p.stat().st_size > 500 for p in written)
+
+
+def test_joint_training_class_conditional_end_to_end(tmp_path, tiny_overrides):
+    cfg = compose_train(tmp_path, [*tiny_overrides, "data.num_classes=4", "data.use_image_num=3"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    assert (tmp_path / "run" / "samples" / "step_0000004.gif").is_file(), "sampling stays video-only"
+
+
+@pytest.mark.parametrize("prior", ["mixed", "progressive"])
+def test_noise_prior_reaches_training_and_every_sampling_step(tmp_path, tiny_overrides, prior, monkeypatch):
+    from diffusion import noise_priors
+
+    cls = {"mixed": noise_priors.MixedNoise, "progressive": noise_priors.ProgressiveNoise}[prior]
+    shapes, draw = [], cls.__call__
+    monkeypatch.setattr(
+        cls, "__call__", lambda self, shape, **kw: shapes.append(tuple(shape)) or draw(self, shape, **kw)
+    )
+    overrides = [
+        f"noise_prior={prior}",
+        "sampler=ddpm",
+        "trainer.max_steps=2",
+        "callbacks.video_sampler.num_videos=3",
+    ]
+    train(compose_train(tmp_path, [*tiny_overrides, *overrides]))
+    assert shapes.count((2, 4, 3, 16, 16)) == 3, "2 training steps + 1 validation batch draw from the prior"
+    assert shapes.count((3, 4, 3, 16, 16)) == 5, "sampling: the initial noise + each of the 4 DDPM steps"
