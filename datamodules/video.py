@@ -1,7 +1,8 @@
 """
 The one generic video DataModule: every dataset (synthetic, FaceForensics, SkyTimelapse, UCF101, Taichi-HD)
 is a factory behind it, built by Hydra with `_partial_: true` and called here as
-`dataset(split=..., num_frames=..., resolution=..., num_classes=...)`.
+`dataset(split=..., num_frames=..., resolution=..., num_classes=...)`, plus `root=...` when the DataModule
+has a `root` (the datasets on disk: `data.root` is the one key a user sets).
 
 A dataset item is {"video": (f, c, h, w) float in [-1, 1], "label": int64 scalar (only when conditional),
 ...}; a batch is {"video": (b, f, c, h, w), "label": (b,), ...}. Frames come before channels everywhere.
@@ -12,6 +13,11 @@ batch is {"video": (b, num_frames + use_image_num, c, h, w), "label": (b,), "ima
 ("label"/"image_label" only when conditional). The model treats the trailing frames as independent images.
 Validation and test batches stay video-only: Latte evaluates (and samples) videos alone, and this keeps the
 validation loss comparable between joint and video-only runs.
+
+Latent cache (`use_latent_cache=True`, see datamodules/cache_latents.py): training and validation items carry
+VAE latents instead of pixels, {"latents": (f, zc, r/ds, r/ds), ...}, and batches
+{"latents": (b, f, zc, h', w'), ...} with no "video" key: the module must use them as x0 and skip encoding.
+Test batches stay pixels.
 """
 
 import hashlib
@@ -34,26 +40,35 @@ def check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
 
 
+def clip_key(item: dict[str, Any]) -> str:
+    """The key holding the frames of an item or batch: "latents" (from the latent cache) or "video"."""
+    return "latents" if "latents" in item else "video"
+
+
 def collate_clips(
     samples: list[dict[str, Any]], num_frames: int, resolution: int, num_classes: int, use_image_num: int = 0
 ) -> dict[str, Any]:
     """Stack clip dicts into a batch and assert the `b f c h w` layout every module downstream relies on.
 
     use_image_num > 0 (joint-training loader only): dim 1 must hold exactly num_frames + use_image_num frames,
-    and a conditional batch must carry "image_label" (b, use_image_num).
+    and a conditional batch must carry "image_label" (b, use_image_num). Cached clips ("latents") are checked
+    the same way, except that their frames are latent-sized (resolution / the VAE's downsampling).
     """
     batch = default_collate(samples)
-    video = batch["video"]
+    key = clip_key(batch)
+    video = batch[key]
     assert video.ndim == 5 and video.is_floating_point(), (
-        f"batch['video'] must be a float (b, f, c, h, w) video; got {video.dtype} {tuple(video.shape)}."
+        f"batch['{key}'] must be a float (b, f, c, h, w) video; got {video.dtype} {tuple(video.shape)}."
     )
     images = f" + use_image_num={use_image_num} image frames" if use_image_num > 0 else ""
     assert video.shape[1] == num_frames + use_image_num, (
         f"Expected num_frames={num_frames}{images} on dim 1 (b f c h w); got {tuple(video.shape)}. "
         "Is the dataset returning (c, f, h, w) clips?"
     )
-    assert video.shape[3] == video.shape[4] == resolution, (
-        f"Expected {resolution}x{resolution} frames (resolution) on dims 3-4; got {tuple(video.shape)}."
+    size = resolution if key == "video" else video.shape[3]
+    assert video.shape[3] == video.shape[4] == size and resolution % size == 0, (
+        f"Expected {resolution}x{resolution} frames (resolution, or latents of a divisor of it) on dims 3-4; "
+        f"got batch['{key}'] {tuple(video.shape)}."
     )
     if num_classes > 0:
         assert "label" in batch, f"num_classes={num_classes} (conditional) but the dataset gives no 'label'."
@@ -136,15 +151,17 @@ class WithImageFrames(Dataset):
         if hasattr(self.dataset, "frame"):
             return self.dataset.frame(clip, frame_idx)
         item = self.dataset[clip]
-        assert item["video"].ndim == 4, f"Clips must be (f, c, h, w); got {tuple(item['video'].shape)}."
-        return {"image": item["video"][frame_idx], "label": item.get("label")}
+        video = item[clip_key(item)]
+        assert video.ndim == 4, f"Clips must be (f, c, h, w); got {tuple(video.shape)}."
+        return {"image": video[frame_idx], "label": item.get("label")}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Clip `index` with its images appended: {"video": (f + k, c, h, w), "image_label": (k,), ...}."""
         index = int(index)  # the seed must not depend on the index's type (int, numpy or tensor)
         sources = self.image_sources(index)
         item = dict(self.dataset[index])
-        video = item["video"]  # (f, c, h, w)
+        key = clip_key(item)  # "latents" when the clips come from the latent cache
+        video = item[key]  # (f, c, h, w)
         assert video.ndim == 4 and video.shape[0] == self.num_frames, (
             f"Clips must be (f={self.num_frames}, c, h, w) before images are appended; "
             f"got {tuple(video.shape)}."
@@ -154,7 +171,7 @@ class WithImageFrames(Dataset):
         assert images.shape[1:] == video.shape[1:], (
             f"Image frames {tuple(images.shape[1:])} must match the clip's frames {tuple(video.shape[1:])}."
         )
-        item["video"] = torch.cat([video, images.to(video.dtype)])  # (f + k, c, h, w)
+        item[key] = torch.cat([video, images.to(video.dtype)])  # (f + k, c, h, w)
         if self.num_classes > 0:
             assert all(image.get("label") is not None for image in drawn), (
                 "Conditional images need their labels."
@@ -185,15 +202,22 @@ class VideoDataModule(LightningDataModule):
         val_split: str = "val",
         use_image_num: int = 0,
         image_seed: int = 0,
+        root: str | None = None,
+        use_latent_cache: bool = False,
+        latent_cache: Any | None = None,
     ):
         """
-        dataset: factory, dataset(split=, num_frames=, resolution=, num_classes=) -> Dataset of clips.
+        dataset: factory, dataset(split=, num_frames=, resolution=, num_classes=[, root=]) -> clip Dataset.
         num_classes: 0 = unconditional; > 0 = every clip carries an int64 "label" in [0, num_classes).
         batch_size: clips per device per step (Latte: 5 per GPU); val_batch_size defaults to batch_size.
         val_split: the split the validation loader reads (e.g. "test" for datasets without a "val" split).
         use_image_num: 0 = video only; k > 0 = image-video joint training: every training clip gets k
             frames of other training clips appended (see `WithImageFrames`); val and test stay video-only.
         image_seed: seeds which clip and frame each appended image is (fixed per item across epochs).
+        root: the dataset folder, passed to the factory as `root=` (datasets on disk); None passes nothing.
+        use_latent_cache: train and validate on the VAE latents of `latent_cache` (built beforehand by
+            `python -m datamodules.cache_latents`) instead of decoding videos; test batches stay pixels.
+        latent_cache: a `datamodules.cache_latents.LatentCache` (where the cache is, which VAE made it).
         """
         super().__init__()
         if not callable(dataset):
@@ -207,6 +231,8 @@ class VideoDataModule(LightningDataModule):
         check_int("image_seed", image_seed, 0)
         if val_batch_size is not None:
             check_int("val_batch_size", val_batch_size, 1)
+        if use_latent_cache and latent_cache is None:
+            raise ValueError("use_latent_cache=true needs a latent_cache (the data preset's latent_cache).")
         self.dataset = dataset
         self.num_frames = num_frames
         self.resolution = resolution
@@ -218,6 +244,9 @@ class VideoDataModule(LightningDataModule):
         self.val_split = val_split
         self.use_image_num = use_image_num
         self.image_seed = image_seed
+        self.root = root
+        self.use_latent_cache = use_latent_cache
+        self.latent_cache = latent_cache
         sizes = dict(num_frames=num_frames, resolution=resolution, num_classes=num_classes)
         self.train_collate = partial(collate_clips, **sizes, use_image_num=use_image_num)
         self.eval_collate = partial(collate_clips, **sizes, use_image_num=0)
@@ -227,14 +256,28 @@ class VideoDataModule(LightningDataModule):
         """Build (once) the dataset of `split`, failing clearly when it is empty."""
         if split not in self.splits:
             sizes = dict(num_frames=self.num_frames, resolution=self.resolution, num_classes=self.num_classes)
-            dataset = self.dataset(split=split, **sizes)
+            where = {} if self.root is None else {"root": self.root}
+            dataset = self.dataset(split=split, **sizes, **where)
             if len(dataset) == 0:
                 raise ValueError(
                     f"The '{split}' split of {type(dataset).__name__} is empty (0 clips): check the dataset "
                     "root and its expected layout, or the clip filters (num_frames, resolution)."
                 )
+            if self.use_latent_cache and split != "test":  # evaluation (test) reads pixels
+                dataset = self.latent_cache.dataset(dataset)
             self.splits[split] = dataset
         return self.splits[split]
+
+    @property
+    def skipped_videos(self) -> int:
+        """Videos left out so far (unreadable, corrupt, too short) over the built splits: log it as
+        `data/skipped_videos`. Counts index-time skips and read failures of this process (workers warn)."""
+        skipped, failures = set(), 0  # splits may share videos: count each skipped path once
+        for dataset in self.splits.values():
+            source = getattr(dataset, "source", dataset)  # a latent-cache dataset wraps the decoded videos
+            skipped |= {path for path, _ in getattr(source, "skipped", ())}
+            failures += getattr(source, "read_failures", 0)
+        return len(skipped) + failures
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets the stage needs: train + val for fit, val for validate, test for test."""
