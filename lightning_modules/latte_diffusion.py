@@ -67,19 +67,21 @@ class LatteDiffusion(LightningModule):
     def diffusion_losses(
         self, batch: dict, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Per-sample ``loss``, ``mse`` and ``vb`` of a batch ``{"video": b f c h w, "label": b}``."""
-        video = batch["video"]
-        assert video.ndim == 5, f"batch['video'] must be (b, f, c, h, w), got {tuple(video.shape)}"
-        with torch.no_grad():
-            x0 = self.autoencoder.encode(
-                video
-            ).float()  # (b, f, c, h', w'); diffusion math in fp32 under autocast
+        """Per-sample ``loss``, ``mse``, ``vb`` of a batch: ``video`` (or cached ``latents``), ``label``."""
+        cached = batch.get("latents")  # (b, f, c, h', w') from the latent cache, else encode the pixels
+        x0 = self.encode(batch["video"]) if cached is None else cached.float()  # (b, f, c, h', w')
         b = x0.shape[0]
         t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=self.device, generator=generator)
         noise = self.draw_noise(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.diffusion.training_losses(
             self.backbone, x0, t, noise=noise, model_kwargs=self._condition(batch)
         )
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Latents b f c h' w' of pixels b f c h w, fp32 even under autocast (the diffusion math needs it)."""
+        assert video.ndim == 5, f"batch['video'] must be (b, f, c, h, w), got {tuple(video.shape)}"
+        return self.autoencoder.encode(video).float()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.diffusion_losses(batch)
