@@ -50,9 +50,10 @@ class MixedNoise:
     def __call__(self, shape: Shape, generator=None, device=None, dtype=None) -> torch.Tensor:
         b, f, c, h, w = _check_video_shape(shape)
         a2 = self.alpha**2
-        shared = torch.randn((b, 1, c, h, w), generator=generator, device=device, dtype=dtype)  # (b, 1, c, h, w)
-        own = torch.randn((b, f, c, h, w), generator=generator, device=device, dtype=dtype)  # (b, f, c, h, w)
-        return math.sqrt(a2 / (1 + a2)) * shared + math.sqrt(1 / (1 + a2)) * own
+        draw = dict(generator=generator, device=device, dtype=dtype)
+        shared = torch.randn((b, 1, c, h, w), **draw)  # (b, 1, c, h, w): one draw for every frame
+        own = torch.randn((b, f, c, h, w), **draw)  # (b, f, c, h, w): one draw per frame
+        return math.sqrt(a2 / (1 + a2)) * shared + math.sqrt(1 / (1 + a2)) * own  # (b, f, c, h, w)
 
     def __repr__(self) -> str:
         return f"MixedNoise(alpha={self.alpha})"

@@ -1,6 +1,7 @@
 """Read back what a wandb offline run logged, from its ``run-*.wandb`` file (a LevelDB-style record log)."""
 
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -33,12 +34,20 @@ def _records(path: Path):
             pos += _BLOCK - pos % _BLOCK if pos % _BLOCK else 0
 
 
+def _run_records(run_dir: Path, timeout: float = 30.0) -> list:
+    """Every record of the offline run under ``run_dir``, once wandb's writer has recorded the run's exit."""
+    (path,) = Path(run_dir).rglob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:  # the writer is a separate process: on a loaded machine it may trail wandb.finish()
+        records = [pb.Record.FromString(raw) for raw in _records(path)]
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
 def _typed_records(run_dir: Path, kind: str):
     """Yield the records of one type ("history", "config", ...) of the offline run under ``run_dir``."""
-    (path,) = Path(run_dir).rglob("run-*.wandb")
-    for raw in _records(path):
-        record = pb.Record()
-        record.ParseFromString(raw)
+    for record in _run_records(run_dir):
         if record.WhichOneof("record_type") == kind:
             yield getattr(record, kind)
 
