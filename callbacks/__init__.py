@@ -1,7 +1,8 @@
-"""Lightning callbacks: periodic video sampling, the loss-curve plot, data health."""
+"""Lightning callbacks: periodic video sampling, the loss-curve plot and generation metrics (FVD, ...)."""
 
 from callbacks.data_health import DataHealth
 from callbacks.loss_curve import LossCurve
+from callbacks.metrics import GenerationMetrics
 from callbacks.video_sampler import VideoSampler
 
-__all__ = ["DataHealth", "LossCurve", "VideoSampler"]
+__all__ = ["DataHealth", "GenerationMetrics", "LossCurve", "VideoSampler"]

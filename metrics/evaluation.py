@@ -1,0 +1,106 @@
+"""What `evaluate.py` runs: FVD/FID/KID/IS of a checkpoint's samples or of a folder of videos vs real data.
+
+Protocol (StyleGAN-V, as Latte reports): `num_videos` (2048) generated videos, their first 16 frames, against
+the real clips of `real` (2048, 16 frames at the dataset's stride); detectors from the weight registry.
+Writes `metrics.json` (values, protocol, detector files and sha256, reference cache files) and `metrics.md`
+(the table, also printed) into the run folder.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from metrics.suite import MetricSuite, update_with_samples
+from metrics.video_folder import VideoFolder
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Compute the configured metrics; return (and write) the result record."""
+    if (cfg.get("ckpt_path") is None) == (cfg.get("videos_dir") is None):
+        raise ValueError(
+            "set exactly one of ckpt_path=<checkpoint> or videos_dir=<folder of generated videos>"
+        )
+    device = torch.device(
+        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    start = time.perf_counter()
+    suite: MetricSuite = instantiate(cfg.metrics).to(device)
+    real = instantiate(cfg.real)
+    references = suite.prepare_reference(real, progress=cfg.progress)
+
+    if cfg.get("ckpt_path") is not None:
+        from utils.run import load_module  # the training stack is only needed for checkpoints
+
+        module = load_module(cfg.ckpt_path, cfg).to(device).eval()
+        source = {"ckpt_path": str(cfg.ckpt_path), "sampler": module.sampler.name, "seed": cfg.seed}
+        num_generated = update_with_samples(
+            suite,
+            lambda n, generator: module.sample(n, generator=generator),
+            cfg.num_videos,
+            cfg.batch_size,
+            seed=cfg.seed,
+            progress=cfg.progress,
+        )
+    else:
+        folder = VideoFolder(
+            cfg.videos_dir, suite.num_frames, cfg.videos_stride, cfg.num_videos, resolution=real.resolution
+        )
+        if len(folder) < cfg.num_videos:
+            log.warning(f"{cfg.videos_dir} has {len(folder)} videos, fewer than num_videos={cfg.num_videos}")
+        loader = DataLoader(folder, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        for batch in loader:
+            suite.update(batch["video"])
+        source = {"videos_dir": str(Path(cfg.videos_dir).expanduser()), "stride": cfg.videos_stride}
+        num_generated = len(folder)
+
+    values = suite.compute()
+    record = {
+        "values": values,
+        "num_generated": num_generated,
+        "num_real": len(real.indices(suite.num_frames)),
+        "num_frames": suite.num_frames,
+        "source": source,
+        "real": real.describe(suite.num_frames),
+        "detectors": suite.describe(),
+        "references": references,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    table = markdown_table(record)
+    (out / "metrics.md").write_text(table)
+    print(table)
+    return record
+
+
+def markdown_table(record: dict) -> str:
+    """The values of a result record as a markdown table, with the protocol and detector files."""
+    source = record["source"]
+    what = source.get("ckpt_path") or source.get("videos_dir")
+    sampler = f", sampler {source['sampler']}" if "sampler" in source else ""
+    lines = [
+        f"Generated: {what}{sampler} ({record['num_generated']} videos, "
+        f"first {record['num_frames']} frames); "
+        f"real: {record['real']['dataset']['target']} {record['real']['split']} "
+        f"({record['num_real']} clips, {record['real']['resolution']}px)",
+        "",
+        "| metric | value | detector file | sha256 |",
+        "|---|---|---|---|",
+    ]
+    for key, value in record["values"].items():
+        metric = key.removesuffix("_std")
+        detector = record["detectors"].get(metric, {})
+        lines.append(
+            f"| {key} | {value:.4f} | {detector.get('file', '')} | {detector.get('sha256', '')[:16]} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,208 @@
+"""A set of configured metrics run together: shared detector passes, real-data references, generation.
+
+`MetricSuite` is what the callback and `evaluate.py` use: `prepare_reference(real)` loads (or computes once
+and caches) every metric's real-data reference, `update(videos)` feeds generated `b f c h w` videos (their
+first `num_frames` frames, the protocol's 16), `compute()` syncs across DDP ranks and returns plain floats.
+`update_with_samples` generates videos batch by batch, each rank a contiguous share of global batches.
+"""
+
+import json
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from metrics.reference import (
+    CACHE_FORMAT,
+    RealVideos,
+    batch_range,
+    load_reference,
+    save_reference,
+    stable_seed,
+)
+from metrics.scores import VideoMetric
+
+log = logging.getLogger(__name__)
+
+#################################################################################
+#                               Distributed helpers                             #
+#################################################################################
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_ranks_agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise AND of boolean flags over all ranks (the flags themselves on one process)."""
+    if rank_and_world_size()[1] == 1 or not flags:
+        return flags
+    tensor = torch.tensor(flags, dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in tensor.tolist()]
+
+
+#################################################################################
+#                                  The suite                                    #
+#################################################################################
+
+
+class MetricSuite:
+    """Named video metrics sharing detectors; feeds them the first `num_frames` frames of every video.
+
+    The dict keys name the values (`{"fvd": ...}`, `{"kid": ..., "kid_std": ...}`) and the cache files.
+    Metrics whose detectors are identical (class, settings, file sha256) share one copy, run once per batch.
+    """
+
+    def __init__(self, metrics: dict[str, VideoMetric], num_frames: int = 16):
+        if not metrics:
+            raise ValueError("a MetricSuite needs at least one metric (e.g. metrics=fvd)")
+        if not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
+        self.metrics = dict(metrics)
+        self.num_frames = num_frames
+        self.groups: dict[str, list[str]] = {}  # detector identity -> names of the metrics that use it
+        for name, metric in self.metrics.items():
+            metric.name = name  # the key names its values: {name: ..., name_std: ...}
+            identity = json.dumps(metric.detector.describe(), sort_keys=True)
+            if identity in self.groups:  # the same network and file: keep one copy, run it once per batch
+                metric.detector = self.metrics[self.groups[identity][0]].detector
+            self.groups.setdefault(identity, []).append(name)
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> "MetricSuite":
+        """Move every metric (states and detector) to `device`."""
+        self.device = torch.device(device)
+        for metric in self.metrics.values():
+            metric.to(self.device)
+        return self
+
+    def clips(self, videos: torch.Tensor) -> torch.Tensor:
+        """The first num_frames frames of `b f c h w` videos, on the suite's device."""
+        assert videos.ndim == 5 and videos.shape[2] in (1, 3), (
+            f"videos must be (b, f, c, h, w) with c = 1 or 3 (frames first), got {tuple(videos.shape)}"
+        )
+        if videos.shape[1] < self.num_frames:
+            raise ValueError(
+                f"the metrics use the first {self.num_frames} frames of every video, but these have "
+                f"{videos.shape[1]} (b f c h w = {tuple(videos.shape)})"
+            )
+        return videos[:, : self.num_frames].to(self.device)
+
+    def update(self, videos: torch.Tensor, only: list[str] | None = None) -> None:
+        """Feed `b f c h w` videos to every metric (or those in `only`), one detector pass per group."""
+        clips = self.clips(videos)  # (b, num_frames, c, h, w)
+        for names in self.groups.values():
+            names = [name for name in names if only is None or name in only]
+            if names:
+                features = self.metrics[names[0]].detector(clips)  # (n, d)
+                for name in names:
+                    self.metrics[name].update(features=features)
+
+    def compute(self) -> dict[str, float]:
+        """Every metric's values (synced over ranks), e.g. {"fvd": ..., "is": ..., "is_std": ...}."""
+        values = {}
+        for metric in self.metrics.values():
+            values.update({key: float(value) for key, value in metric.compute().items()})
+        return values
+
+    def reset(self) -> None:
+        """Clear the generated-video states (references stay)."""
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def describe(self) -> dict[str, dict]:
+        """Per metric: the detector class, file, sha256 and settings that produced its numbers."""
+        return {name: metric.detector.describe() for name, metric in self.metrics.items()}
+
+    def prepare_reference(self, real: RealVideos, progress: bool = True) -> dict[str, str | None]:
+        """Load each metric's real-data reference from the cache, or compute the missing ones (all ranks).
+
+        Returns {metric: cache file or None}. A reference is recomputed whenever anything in its key changes:
+        dataset factory and arguments, split, resolution, frames, clip count, seed, statistic, detector file
+        sha256 and settings.
+        """
+        rank, world_size = rank_and_world_size()
+        needing = {name: m for name, m in self.metrics.items() if m.needs_reference}
+        keys = {
+            name: {
+                "format": CACHE_FORMAT,
+                "real": real.describe(self.num_frames),
+                "metric": m.reference_key(),
+            }
+            for name, m in needing.items()
+        }
+        paths = {name: real.cache_path(self.num_frames, name, keys[name]) for name in needing}
+        cached = {name: load_reference(paths[name], keys[name]) if paths[name] else None for name in needing}
+        usable = all_ranks_agree([cached[name] is not None for name in needing], self.device)
+        missing = [name for name, ok in zip(needing, usable) if not ok]
+        for name in needing:
+            if name not in missing:
+                needing[name].set_reference(cached[name])
+                if rank == 0:
+                    log.info(f"{name}: real reference from cache {paths[name]}")
+        if missing:
+            self._compute_references(real, missing, rank, world_size, progress)
+            for name in missing:
+                metric = needing[name]
+                with metric.sync_context():
+                    reference = metric.reference_state()
+                metric.reset()
+                metric.set_reference(reference)
+                if rank == 0 and paths[name] is not None:
+                    save_reference(paths[name], keys[name], reference)
+                    log.info(f"{name}: real reference computed and cached in {paths[name]}")
+        return {name: str(paths[name]) if paths[name] else None for name in needing}
+
+    def _compute_references(
+        self, real: RealVideos, names: list[str], rank: int, world_size: int, progress: bool
+    ) -> None:
+        """Feed this rank's share of the real clips to the metrics `names`."""
+        for name in names:
+            self.metrics[name].reset()
+        total = len(real.indices(self.num_frames))
+        bar = tqdm(total=total, desc=f"real clips ({', '.join(names)})", disable=not progress or rank != 0)
+        for videos in real.batches(self.num_frames, rank, world_size):
+            self.update(videos, only=names)
+            bar.update(videos.shape[0] * world_size)
+        bar.close()
+
+
+#################################################################################
+#                                   Generation                                  #
+#################################################################################
+
+
+def update_with_samples(
+    suite: MetricSuite,
+    sample: Callable[[int, torch.Generator], torch.Tensor],
+    num_videos: int,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+) -> int:
+    """Generate `num_videos` videos in global batches (this rank: a contiguous run) and feed them to `suite`.
+
+    sample(n, generator) -> `n f c h w` videos in [-1, 1]; batch j's generator (on the suite's device) is
+    seeded from (seed, j), so a run's videos depend on seed and batch_size, not on the number of ranks.
+    Returns how many videos this rank generated.
+    """
+    rank, world_size = rank_and_world_size()
+    num_batches = -(-num_videos // batch_size)
+    mine = batch_range(num_batches, rank, world_size)
+    share = min(mine.stop * batch_size, num_videos) - mine.start * batch_size
+    bar = tqdm(total=num_videos, desc="generating videos", disable=not progress or rank != 0)
+    for j in mine:
+        n = min(batch_size, num_videos - j * batch_size)
+        generator = torch.Generator(suite.device).manual_seed(stable_seed("generate", seed, j))
+        videos = sample(n, generator)  # (n, f, c, h, w)
+        assert videos.shape[0] == n, f"sample({n}) returned {videos.shape[0]} videos"
+        suite.update(videos)
+        bar.update(n * world_size)
+    bar.close()
+    return share

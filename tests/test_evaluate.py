@@ -1,0 +1,129 @@
+"""evaluate.py: metrics of a folder of generated videos or of a checkpoint's samples, written and printed."""
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from datamodules import SyntheticVideos
+from metrics import C3DTorchScript, FrechetDistance, I3DTorchScript, MetricSuite, RealVideos
+from metrics.evaluation import evaluate
+from metrics.standins import TinyC3D, TinyVideoDetector, save_scripted
+from tests.conftest import ROOT, compose_train
+from utils.video import to_uint8, video_grid, write_mp4
+
+EVALUATE = [  # a few-second evaluation: 4-frame clips of 16 px, stand-in detectors
+    "metrics=[fvd,is_ucf]",
+    "metrics.num_frames=4",
+    "metrics.metrics.is.splits=2",
+    "data.resolution=16",
+    "data.dataset.num_videos=8",
+    "data.num_workers=0",
+    "real.num_videos=8",
+    "real.batch_size=4",
+    "num_videos=6",
+    "batch_size=4",
+    "progress=false",
+]
+
+
+@pytest.fixture
+def weights_dir(tmp_path) -> Path:
+    """Stand-ins for the TorchScript detector files under their registry names."""
+    save_scripted(TinyVideoDetector(), tmp_path / "weights" / "i3d_torchscript.pt")
+    save_scripted(TinyC3D(), tmp_path / "weights" / "c3d_ucf101.pt")
+    return tmp_path / "weights"
+
+
+def write_frame_folders(root: Path, count: int, num_frames: int) -> torch.Tensor:
+    """`count` synthetic clips as folders of PNG frames (lossless); returns them as uint8 (b, f, c, h, w)."""
+    clips = torch.stack([SyntheticVideos("val", num_frames, 16, 0, count)[i]["video"] for i in range(count)])
+    frames = to_uint8(clips)
+    for i, video in enumerate(frames):
+        (root / f"video_{i:03d}").mkdir(parents=True)
+        for k, frame in enumerate(video):
+            Image.fromarray(frame.permute(1, 2, 0).numpy()).save(root / f"video_{i:03d}" / f"{k:06d}.png")
+    return frames
+
+
+def test_evaluate_a_folder_of_frame_folders_matches_the_suite_and_writes_json_and_markdown(
+    tmp_path, weights_dir, capsys
+):
+    frames = write_frame_folders(tmp_path / "fake", count=7, num_frames=5)
+    cfg = compose_train(
+        tmp_path,
+        [*EVALUATE, f"videos_dir={tmp_path / 'fake'}", f"paths.weights_dir={weights_dir}"],
+        config_name="evaluate",
+    )
+    record = evaluate(cfg)
+
+    suite = MetricSuite({"fvd": FrechetDistance(I3DTorchScript(weights_dir=str(weights_dir)))}, num_frames=4)
+    real = RealVideos(
+        partial(SyntheticVideos, num_videos=8, seed=0), resolution=16, num_videos=8, num_workers=0
+    )
+    suite.prepare_reference(real, progress=False)
+    suite.update(frames[:6])  # the first num_videos=6 of 7, sorted by name, their first 4 frames
+    assert record["values"]["fvd"] == pytest.approx(suite.compute()["fvd"], rel=1e-6)  # other batching
+    assert record["num_generated"] == 6 and record["num_real"] == 8 and record["num_frames"] == 4
+    assert record["detectors"]["fvd"]["sha256"] == I3DTorchScript(weights_dir=str(weights_dir)).sha256
+    assert record["detectors"]["is"]["sha256"] == C3DTorchScript(weights_dir=str(weights_dir)).sha256
+
+    out = tmp_path / "run"
+    assert json.loads((out / "metrics.json").read_text())["values"] == record["values"]
+    table = (out / "metrics.md").read_text()
+    for row in ("| fvd |", "| is |", "| is_std |", "i3d_torchscript.pt", "c3d_ucf101.pt"):
+        assert row in table
+    assert "| fvd |" in capsys.readouterr().out
+    assert record["references"]["fvd"].startswith(str(weights_dir / "real_stats"))
+
+
+def test_evaluate_reads_mp4_files_at_a_stride_and_rejects_short_videos(tmp_path, weights_dir):
+    clips = torch.stack([SyntheticVideos("val", 9, 16, 0, 6)[i]["video"] for i in range(6)])
+    for i, clip in enumerate(clips):
+        write_mp4(tmp_path / "fake" / f"{i:03d}.mp4", video_grid(clip[None], pad=0), fps=8)
+    overrides = [*EVALUATE, f"videos_dir={tmp_path / 'fake'}", f"paths.weights_dir={weights_dir}"]
+    record = evaluate(compose_train(tmp_path, [*overrides, "videos_stride=2"], config_name="evaluate"))
+    assert record["num_generated"] == 6 and record["source"]["stride"] == 2 and record["values"]["fvd"] > 0
+
+    with pytest.raises(ValueError, match="has 9 frames; the metrics need 10"):
+        evaluate(compose_train(tmp_path, [*overrides, "videos_stride=3"], config_name="evaluate"))
+    with pytest.raises(ValueError, match="exactly one of ckpt_path"):
+        evaluate(
+            compose_train(tmp_path, [*EVALUATE, f"paths.weights_dir={weights_dir}"], config_name="evaluate")
+        )
+
+
+def test_evaluate_a_checkpoint_samples_it_with_the_configured_sampler(tmp_path, tiny_overrides, weights_dir):
+    from utils.run import train
+
+    train(compose_train(tmp_path / "train", [*tiny_overrides, "trainer.max_steps=2"]))
+    ckpt = tmp_path / "train" / "run" / "checkpoints" / "last.ckpt"
+    overrides = [*EVALUATE, f"ckpt_path={ckpt}", f"paths.weights_dir={weights_dir}", "sampler=ddim"]
+    record = evaluate(compose_train(tmp_path, [*overrides, "sampler.num_steps=2"], config_name="evaluate"))
+    assert record["source"]["sampler"] == "ddim2-eta0.0" and record["source"]["ckpt_path"] == str(ckpt)
+    assert record["num_generated"] == 6
+    assert record["values"]["fvd"] > 0 and record["values"]["is"] >= 1
+
+
+def test_evaluate_py_runs_from_the_command_line(tmp_path, weights_dir):
+    write_frame_folders(tmp_path / "fake", count=6, num_frames=4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATTE_")} | {"HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), *EVALUATE, f"videos_dir={tmp_path / 'fake'}"]
+        + [f"paths.weights_dir={weights_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| fvd |" in result.stdout and "| is |" in result.stdout
+    (run,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
+    assert set(json.loads((run / "metrics.json").read_text())["values"]) == {"fvd", "is", "is_std"}
