@@ -5,28 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 from torch import nn
 
 from backbones.autoencoders import SD_VAE_ENV_VAR, DiffusersAutoencoderKL, IdentityAutoencoder
-
-TINY_SCALE = 0.5  # distinctive, so reading it from the config is observable
-
-
-def tiny_vae() -> AutoencoderKL:
-    """A randomly initialised 2-level AutoencoderKL: 4 latent channels, downsample 2."""
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        scaling_factor=TINY_SCALE,
-    ).eval()
+from tests.helpers.vae import TINY_SCALE, tiny_vae
 
 
 def to_ldm_keys(state_dict: dict[str, torch.Tensor], num_levels: int) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from hydra.utils import instantiate
 
 from backbones.autoencoders import DiffusersAutoencoderKL
@@ -19,26 +18,11 @@ from datamodules.video import VideoDataModule
 from datamodules.videos import DecodedVideos
 from tests.conftest import ROOT, compose_train
 from tests.helpers.fake_videos import make_ffs, touch_later, write_garbage, write_video
+from tests.helpers.vae import TINY_SCALE, tiny_vae
 
 pytestmark = pytest.mark.filterwarnings("ignore::datamodules.videos.SkippedVideoWarning")
 
-TINY_SCALE = 0.5
 SIZES = dict(num_frames=16, resolution=16)
-
-
-def tiny_vae() -> AutoencoderKL:
-    """A randomly initialised 2-level AutoencoderKL: 4 latent channels, downsample 2."""
-    torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-        scaling_factor=TINY_SCALE,
-    ).eval()
 
 
 @pytest.fixture(scope="module")
