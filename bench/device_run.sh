@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One visit to the lent GPU: GPU tests, the training-throughput table, and a longer quickstart on the GPU.
+# One visit to the lent GPU: GPU tests, a longer quickstart, the backbone and train.py-loop throughput, FVD speed.
 # Run from the repo root on the device with .whl carried (../shared/tools/device-wheels.sh data: decord too).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput fvd}   # sections to run: any of tests, quickstart, throughput, fvd
+what=${*:-tests quickstart throughput loop fvd}   # sections to run: any of tests, quickstart, throughput, loop, fvd
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -33,6 +33,11 @@ fi
 if [[ $what == *throughput* ]]; then
 echo "== training throughput (Latte-XL/2, 16x4x32x32, batch 5, bf16-mixed)"
 python3 bench/train_throughput.py --json "$OUT"/train_throughput.json 2>&1 | grep -vE "Warning|warn"
+fi
+
+if [[ $what == *loop* ]]; then
+echo "== the train.py loop at the paper's token count (Latte-XL/2, batch 5, bf16-mixed), eager vs module.compile"
+python3 bench/train_loop.py --json "$OUT"/train_loop.json 2>&1 | grep -E "^\|"
 fi
 
 if [[ $what == *fvd* ]]; then

@@ -31,6 +31,7 @@ class LatteDiffusion(LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         ema_decay: float = 0.9999,
+        compile: bool = False,
     ):
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
@@ -54,11 +55,17 @@ class LatteDiffusion(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.ema_decay = ema_decay
+        self.compile_backbone = compile  # torch.compile the training forward (1.34x on Latte-XL/2, H200)
         self._ema_step = -1  # global_step of the last EMA update
 
     #############################################################################
     #                                  Training                                 #
     #############################################################################
+
+    def configure_model(self) -> None:
+        """Compile the backbone in place: its state-dict keys and the EMA copy stay as they are."""
+        if self.compile_backbone and self.backbone._compiled_call_impl is None:
+            self.backbone.compile()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone prediction for noisy latents ``x`` (b f c h w) at timesteps ``t`` (b,)."""
@@ -141,9 +148,7 @@ class LatteDiffusion(LightningModule):
     #############################################################################
 
     def on_fit_start(self) -> None:
-        if (
-            self.trainer.ckpt_path is None
-        ):  # important! a fresh run seeds the EMA with weights loaded after __init__
+        if self.trainer.ckpt_path is None:  # a fresh run seeds the EMA with weights loaded after __init__
             self.ema.load_state_dict(self.backbone.state_dict())
 
     def on_train_start(self) -> None:

@@ -19,6 +19,13 @@ def test_bf16_mixed_training_on_gpu_writes_finite_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
 
+def test_compiled_bf16_training_on_gpu_matches_the_eager_loss_curve(tmp_path):
+    overrides = [*TINY, "trainer=gpu", "trainer.max_steps=20", "data.batch_size=8", "seed=0"]
+    eager = train(compose_train(tmp_path / "eager", overrides))
+    compiled = train(compose_train(tmp_path / "compiled", [*overrides, "module.compile=true"]))
+    assert abs(compiled["train/loss"] - eager["train/loss"]) < 0.1 * eager["train/loss"] + 1e-3
+
+
 def test_backbone_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
     model = Latte(size="S", patch_size=2, input_size=32, num_frames=16).cuda()

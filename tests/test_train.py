@@ -116,6 +116,22 @@ def test_resume_continues_step_count_and_ema(tmp_path, tiny_overrides):
     assert _load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
 
 
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_loss_and_keeps_its_state_dict_keys(tmp_path, tiny_overrides):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(tmp_path, [*tiny_overrides, "module.compile=true"])
+    module = instantiate(cfg.module)
+    batch = {"video": torch.rand(2, 4, 3, 16, 16) * 2 - 1}
+    keys = list(module.state_dict())
+    eager = module.diffusion_losses(batch, generator=torch.Generator().manual_seed(0))["loss"]
+    module.configure_model()  # what the Trainer calls before fitting
+    assert module.backbone._compiled_call_impl is not None, "module.compile=true did not compile"
+    compiled = module.diffusion_losses(batch, generator=torch.Generator().manual_seed(0))["loss"]
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert list(module.state_dict()) == keys, "compiling must not rename checkpoint keys (_orig_mod.)"
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_overrides):
     cfg = compose_train(
         tmp_path,
