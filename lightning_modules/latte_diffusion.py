@@ -150,6 +150,8 @@ class LatteDiffusion(LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a fresh run seeds the EMA with weights loaded after __init__
             self.ema.load_state_dict(self.backbone.state_dict())
+        if self.global_rank > 0:  # important! one seed gave every rank the same init; now each rank draws
+            torch.manual_seed(torch.initial_seed() + self.global_rank)  # its own t, noise, dropout (as Latte)
 
     def on_train_start(self) -> None:
         self._ema_step = self.global_step  # restored by now when resuming

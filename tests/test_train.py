@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from tests.conftest import ROOT, compose_train
+from tests.conftest import ROOT, TINY, compose_train
 from tests.helpers.probes import StartProbe
 from tests.helpers.wandb_offline import logged_config, logged_history
 from utils.run import train
@@ -260,3 +260,25 @@ def test_noise_prior_reaches_training_and_every_sampling_step(tmp_path, tiny_ove
     train(compose_train(tmp_path, [*tiny_overrides, *overrides]))
     assert shapes.count((2, 4, 3, 16, 16)) == 3, "2 training steps + 1 validation batch draw from the prior"
     assert shapes.count((3, 4, 3, 16, 16)) == 5, "sampling: the initial noise + each of the 4 DDPM steps"
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_their_own_timesteps_and_noise(tmp_path):
+    """Two CPU processes through Lightning's DDP launcher: one init, but each rank its own random draws."""
+    draws = tmp_path / "draws"
+    result = _run(
+        "train.py",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "+callbacks.probe._target_=tests.helpers.probes.RandomDrawProbe",
+        f"+callbacks.probe.dirpath={draws}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((draws / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 != rank1, "every DDP rank drew the same t and noise: the effective batch is one rank's"
+    (run,) = (tmp_path / "logs" / "quickstart" / "runs").iterdir()
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 4

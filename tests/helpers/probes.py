@@ -1,5 +1,9 @@
 """Callbacks that record what a run saw, for tests that drive train.py through its config."""
 
+import json
+from pathlib import Path
+
+import torch
 from lightning.pytorch import Callback
 
 
@@ -11,3 +15,16 @@ class StartProbe(Callback):
     def on_train_start(self, trainer, module) -> None:
         ema = {f"ema.{k}": v.detach().clone() for k, v in module.ema.state_dict().items()}
         StartProbe.seen.append({"step": trainer.global_step, "ema": ema})
+
+
+class RandomDrawProbe(Callback):
+    """Writes ``rank<r>.json``: four draws of the global torch RNG as the first training batch starts."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            draws = torch.rand(4).tolist()  # what the step's t / noise / dropout draws start from
+            (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(draws))
