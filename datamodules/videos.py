@@ -14,6 +14,8 @@ Clip sampling (references/latte.md §4.1), on `length` frames with span = num_fr
               window (Latte's rule for decoded videos: FaceForensics, UCF101)
     stride:   start + frame_interval * [0, 1, ..., num_frames - 1] -> offsets 0,3,...,45 (Latte's frame-folder
               rule: SkyTimelapse, Taichi-HD)
+    stylegan_v: the stride offsets from start = randint(0, length - (num_frames - 1) * frame_interval - 1),
+              every start whose clip fits (StyleGAN-V's real clips for FVD; metrics.RealVideos uses it)
 Training clips draw `start` (and the flip) from torch's global RNG, which Lightning seeds per rank and worker;
 every other split draws them from a generator seeded by (seed, split, index), so validation and evaluation see
 the same clips in every epoch, process and rank. DDP sharding is the DistributedSampler's job (Lightning adds
@@ -49,7 +51,7 @@ from torch.utils.data import Dataset
 
 from datamodules.synthetic import clip_generator
 
-CLIP_SAMPLING = ("linspace", "stride")
+CLIP_SAMPLING = ("linspace", "stride", "stylegan_v")
 SPATIAL_TRANSFORMS = ("resize_center_crop", "center_crop_resize")
 READ_ERRORS = (RuntimeError, OSError, ValueError, IndexError)  # decord's DECORDError is a RuntimeError
 
@@ -93,9 +95,15 @@ def min_length(num_frames: int, frame_interval: int, sampling: str) -> int:
     return (num_frames - 1) * frame_interval + 1
 
 
-def window_start(length: int, span: int, generator: torch.Generator | None) -> int:
-    """First frame of the window: uniform in [0, max(0, length - span - 1)] (inclusive, as Latte)."""
-    high = max(0, length - span - 1)
+def last_start(length: int, num_frames: int, frame_interval: int, sampling: str) -> int:
+    """The last window start `sampling` may draw (inclusive): Latte's TemporalRandomCrop, or any that fits."""
+    if sampling == "stylegan_v":
+        return max(0, length - (num_frames - 1) * frame_interval - 1)
+    return max(0, length - num_frames * frame_interval - 1)
+
+
+def window_start(high: int, generator: torch.Generator | None) -> int:
+    """First frame of the window: uniform in [0, high] (inclusive)."""
     return int(torch.randint(0, high + 1, (), generator=generator))
 
 
@@ -331,9 +339,10 @@ class DecodedVideos(Dataset):
     def draw(self, index: int) -> tuple[list[int], bool]:
         """The frame indices and the flip of item `index`: random for training, seeded otherwise."""
         generator = None if self.random_clips else clip_generator(self.seed, f"clips/{self.split}", index)
-        span = self.num_frames * self.frame_interval
         length = self.lengths[index]
-        start = window_start(length, span, generator)
+        start = window_start(
+            last_start(length, self.num_frames, self.frame_interval, self.clip_sampling), generator
+        )
         indices = clip_indices(length, start, self.num_frames, self.frame_interval, self.clip_sampling)
         flip = self.flip and self.random_clips and bool(torch.rand((), generator=generator) < 0.5)
         return indices, flip

@@ -1,15 +1,14 @@
 """Real clips for the metrics' reference statistics, and the on-disk cache keyed by what produced them.
 
 What the metrics code assumes of the dataset (any factory behind `VideoDataModule`): `dataset(split=,
-num_frames=, resolution=, num_classes=0, **dataset_kwargs)` gives items {"video": (f, c, h, w) float in
-[-1, 1] or uint8}. The protocol's clip sampling is the DATASET's job: `num_frames` (16) frames at the real
-stride (its `frame_interval`: 3 by default, 6 for Taichi-HD) from a random offset, videos shorter than
-`num_frames * stride` dropped, no augmentation and frames at the evaluation resolution (for
-`datamodules.DecodedVideos`: dataset_kwargs {clip_sampling: stride, min_frames: 48}; flips are switched off
-here: a factory that takes `flip` is always called with flip=False). This module
-decides which clips (all, or `num_videos` of them drawn with a seeded permutation, as Latte's random 2048) and
-seeds every item (torch, numpy and python RNGs seeded from (seed, index) around `dataset[index]`), so a
-dataset that draws its offsets from those RNGs gives the same clips on any number of ranks and workers.
+num_frames=, resolution=, num_classes=0, **kwargs)` gives items {"video": (f, c, h, w) float in [-1, 1] or
+uint8}. For decoded videos (a factory taking `clip_sampling`, i.e. `datamodules.DecodedVideos`) this module
+asks for StyleGAN-V's real clips: `num_frames` (16) frames at `frame_stride` (3; 6 for Taichi-HD, as the
+paper) from a uniformly random offset among those whose clip fits, videos shorter than num_frames x stride
+dropped; flips are always off (a factory that takes `flip` gets flip=False). It decides which clips (all, or
+`num_videos` of them drawn with a seeded permutation, as Latte's random 2048) and seeds every item (torch,
+numpy and python RNGs seeded from (seed, index) around `dataset[index]`), so a dataset that draws its
+offsets from those RNGs gives the same clips on any number of ranks and workers.
 """
 
 import functools
@@ -114,15 +113,24 @@ def _jsonable(value: Any) -> Any:
     return f"<{type(value).__module__}.{type(value).__qualname__}>" if " at 0x" in text else text
 
 
+def dataset_name(factory: Callable[..., Dataset]) -> str:
+    """A cache-file prefix: the index builder's name for decoded videos (ffs, ucf101, ...), else the class."""
+    index = getattr(factory, "keywords", {}).get("index")
+    named = getattr(index, "func", index) if index is not None else getattr(factory, "func", factory)
+    return getattr(named, "__name__", "dataset").lower().removesuffix("_index")
+
+
 class RealVideos:
     """The real clips a metric reference is computed from, and where that reference is cached."""
 
     def __init__(
         self,
         dataset: Callable[..., Dataset],
+        root: str | None = None,
         split: str = "train",
         resolution: int = 256,
         num_videos: int = 2048,
+        frame_stride: int = 3,
         seed: int = 0,
         batch_size: int = 8,
         num_workers: int = 4,
@@ -132,18 +140,27 @@ class RealVideos:
     ):
         """
         dataset: factory, dataset(split=, num_frames=, resolution=, num_classes=, **dataset_kwargs).
+        root: the dataset folder, passed as `root=` when set (the data preset's `data.root`).
         num_videos: clips used; all of them if the split has fewer (the protocol: 2048).
+        frame_stride: frames between the real clip's frames (decoded videos only; synthetic clips are drawn
+            at their own rate).
         seed: which clips (a seeded permutation) and each clip's random offset (seeded RNGs per item).
-        dataset_kwargs: extra factory arguments for the metrics only, e.g. {frame_interval: 6} for Taichi-HD.
+        dataset_kwargs: extra factory arguments for the metrics only (applied last, overriding the above).
         cache_dir: where references are cached (None: never cached); name: file-name prefix (default: the
             dataset class name).
         """
         if not callable(dataset):
             raise ValueError(f"dataset must be a dataset factory (Hydra `_partial_: true`), got {dataset!r}")
-        for key, value, low in (("num_videos", num_videos, 2), ("batch_size", batch_size, 1)):
+        for key, value, low in (
+            ("num_videos", num_videos, 2),
+            ("batch_size", batch_size, 1),
+            ("frame_stride", frame_stride, 1),
+        ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"real.{key} must be an int >= {low}, got {value!r}")
         self.dataset = dataset
+        self.root = None if root is None else str(root)
+        self.frame_stride = frame_stride
         self.split = split
         self.resolution = resolution
         self.num_videos = num_videos
@@ -152,14 +169,22 @@ class RealVideos:
         self.num_workers = num_workers
         self.dataset_kwargs = dict(dataset_kwargs or {})
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
-        factory = dataset.func if isinstance(dataset, functools.partial) else dataset
-        self.name = name or getattr(factory, "__name__", "dataset").lower()
+        self.name = name or dataset_name(dataset)
         self._built: dict[int, Dataset] = {}
 
-    def factory_kwargs(self) -> dict:
-        """Extra factory arguments: dataset_kwargs, plus flip=False if the factory takes `flip`."""
+    def factory_kwargs(self, num_frames: int) -> dict:
+        """Factory arguments besides split, num_frames, resolution: root, protocol, then dataset_kwargs."""
         parameters = inspect.signature(self.dataset).parameters
-        return {**({"flip": False} if "flip" in parameters else {}), **self.dataset_kwargs}
+        kwargs = {} if self.root is None else {"root": self.root}
+        if "flip" in parameters:
+            kwargs["flip"] = False
+        if "clip_sampling" in parameters:  # decoded videos: StyleGAN-V's real clips
+            kwargs |= {
+                "clip_sampling": "stylegan_v",
+                "frame_interval": self.frame_stride,
+                "min_frames": num_frames * self.frame_stride,
+            }
+        return {**kwargs, **self.dataset_kwargs}
 
     def build(self, num_frames: int) -> Dataset:
         """The dataset of `num_frames`-frame clips (built once per frame count)."""
@@ -169,7 +194,7 @@ class RealVideos:
                 num_frames=num_frames,
                 resolution=self.resolution,
                 num_classes=0,
-                **self.factory_kwargs(),
+                **self.factory_kwargs(num_frames),
             )
         return self._built[num_frames]
 
@@ -189,7 +214,9 @@ class RealVideos:
         """Everything that determines the real clips (part of the cache key)."""
         return {
             "dataset": describe_factory(self.dataset),
-            "dataset_kwargs": _jsonable(self.factory_kwargs()),
+            "dataset_kwargs": _jsonable(
+                self.factory_kwargs(num_frames)
+            ),  # root included: a copy is another set
             "split": self.split,
             "resolution": self.resolution,
             "num_frames": num_frames,
@@ -220,9 +247,7 @@ class RealVideos:
         if self.cache_dir is None:
             return None
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        stride = self.dataset_kwargs.get(
-            "frame_interval", describe_factory(self.dataset).get("frame_interval")
-        )
+        stride = self.factory_kwargs(num_frames).get("frame_interval")
         stride = f"-s{stride}" if stride is not None else ""
         stem = f"{self.name}-{self.split}-{self.resolution}px-{num_frames}f{stride}-{metric_name}-{digest}"
         return self.cache_dir / f"{stem}.pt"

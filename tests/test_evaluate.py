@@ -83,6 +83,27 @@ def test_evaluate_a_folder_of_frame_folders_matches_the_suite_and_writes_json_an
     assert record["references"]["fvd"].startswith(str(weights_dir / "real_stats"))
 
 
+@pytest.mark.parametrize("real, stride", [("stylegan_v", 3), ("taichi", 6)])
+def test_evaluate_against_a_dataset_on_disk_reads_its_root_at_the_protocol_stride(
+    tmp_path, weights_dir, real, stride
+):
+    from tests.helpers.fake_videos import make_taichi
+
+    make_taichi(tmp_path / "taichi")  # train: videos of 50, 54 and 48 frames
+    write_frame_folders(tmp_path / "fake", count=6, num_frames=4)
+    overrides = [
+        *(o for o in EVALUATE if not o.startswith("data.dataset.")),  # synthetic-only keys
+        "data=taichi",
+        f"data.root={tmp_path / 'taichi'}",
+        f"real={real}",
+        f"videos_dir={tmp_path / 'fake'}",
+        f"paths.weights_dir={weights_dir}",
+    ]
+    record = evaluate(compose_train(tmp_path, overrides, config_name="evaluate"))
+    assert record["num_real"] == 3 and record["values"]["fvd"] > 0
+    assert Path(record["references"]["fvd"]).name.startswith(f"taichi-train-16px-4f-s{stride}-fvd")
+
+
 def test_evaluate_reads_mp4_files_at_a_stride_and_rejects_short_videos(tmp_path, weights_dir):
     clips = torch.stack([SyntheticVideos("val", 9, 16, 0, 6)[i]["video"] for i in range(6)])
     for i, clip in enumerate(clips):

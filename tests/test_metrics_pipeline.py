@@ -215,29 +215,19 @@ def test_real_clips_from_decoded_videos_follow_the_protocol(tmp_path):
 
     make_taichi(tmp_path / "taichi")  # train: videos of 50, 54 and 48 frames
     index = partial(taichi_index, split_dirs={"train": "train", "val": "test", "test": "test"})
-    protocol = {
-        "frame_interval": 3,
-        "clip_sampling": "stride",
-        "min_frames": 48,
-    }  # StyleGAN-V: 16 at stride 3
-    real = RealVideos(
-        partial(DecodedVideos, index=index, root=str(tmp_path / "taichi")),
-        resolution=32,
-        batch_size=2,
-        num_workers=0,
-        dataset_kwargs=protocol,
-    )
+    factory = partial(DecodedVideos, index=index, clip_sampling="linspace", flip=True)  # training settings
+    real = RealVideos(factory, root=str(tmp_path / "taichi"), resolution=32, batch_size=2, num_workers=0)
+    assert real.name == "taichi"
     passes = [[decode_clip(clip) for batch in real.batches(16) for clip in batch] for _ in range(2)]
     assert passes[0] == passes[1], "seeded: the same clips every time"
     lengths = {1: 50, 2: 54, 3: 48}
-    for frames, video, flipped in passes[0]:
+    for frames, video, flipped in passes[0]:  # StyleGAN-V: 16 frames at stride 3, not Latte's linspace
         assert frames == list(range(frames[0], frames[0] + 48, 3)) and not flipped
-        assert 0 <= frames[0] <= lengths[video] - 48 + 2, "offset in [0, L - 16 s + s - 1]"
+        assert 0 <= frames[0] <= lengths[video] - 16 * 3 + 3 - 1, "offset in [0, L - 16 s + s - 1]"
     assert sorted(video for _, video, _ in passes[0]) == [1, 2, 3]
+    assert real.describe(16)["dataset_kwargs"]["root"] == str(tmp_path / "taichi")
     with pytest.raises(ValueError, match="has 0 clips"):  # stride 6 needs 96 frames: all too short, dropped
-        RealVideos(
-            real.dataset, resolution=32, dataset_kwargs={**protocol, "frame_interval": 6, "min_frames": 96}
-        ).indices(16)
+        RealVideos(factory, root=real.root, resolution=32, frame_stride=6).indices(16)
 
 
 def test_reference_is_cached_and_recomputed_when_any_setting_changes(weights_dir, tmp_path, monkeypatch):

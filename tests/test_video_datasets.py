@@ -17,6 +17,7 @@ from datamodules.videos import (
     SkippedVideoWarning,
     center_crop_resize,
     clip_indices,
+    last_start,
     min_length,
     resize_center_crop,
     window_start,
@@ -81,11 +82,15 @@ def test_clip_index_rules_match_latte():
     assert clip_indices(100, 7, 16, 3, "linspace") == [7 + o for o in LATTE_OFFSETS]
     assert clip_indices(100, 7, 16, 3, "stride") == [7 + o for o in STRIDE_OFFSETS]
     assert clip_indices(20, 0, 16, 3, "linspace") == np.linspace(0, 19, 16, dtype=int).tolist(), "short video"
+    assert clip_indices(100, 7, 16, 3, "stylegan_v") == [7 + o for o in STRIDE_OFFSETS]
     assert min_length(16, 3, "linspace") == 16 and min_length(16, 3, "stride") == 46
+    assert min_length(16, 3, "stylegan_v") == 46
     generator = torch.Generator().manual_seed(0)
-    starts = {window_start(60, 48, generator) for _ in range(400)}
+    starts = {window_start(last_start(60, 16, 3, "stride"), generator) for _ in range(400)}
     assert starts == set(range(12)), "start is uniform over [0, length - span - 1], inclusive (Latte)"
-    assert {window_start(48, 48, generator) for _ in range(20)} == {0}
+    assert {window_start(last_start(48, 16, 3, "linspace"), generator) for _ in range(20)} == {0}
+    starts = {window_start(last_start(60, 16, 3, "stylegan_v"), generator) for _ in range(400)}
+    assert starts == set(range(15)), "StyleGAN-V: every start whose clip fits, [0, L - 16s + s - 1]"
 
 
 def test_spatial_transforms_match_latte_geometry():
