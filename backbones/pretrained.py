@@ -62,6 +62,11 @@ def dit_targets(latte: "Latte") -> set[str]:
     return targets
 
 
+# Tensors whose shape follows the input, patch and output settings, not the transformer: they may differ from
+# the DiT's (another resolution, patch size, latent channels or learn_sigma) and then keep Latte's own init.
+SHAPE_DEPENDENT = ("pos_embed", "x_embedder.", "final_layer.linear.")
+
+
 def load_dit_init(latte: "Latte", path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> dict:
     """Copy an ImageNet DiT's weights into the spatial parts of `latte` (in place); return a report.
 
@@ -70,7 +75,8 @@ def load_dit_init(latte: "Latte", path_or_state_dict: str | os.PathLike | Mappin
     `dit_parts` (spatial blocks whole; variant 3: attn, mlp and the shared adaLN; variant 4: the whole
     block, whose temporal heads thus start from DiT heads too). Temporal blocks, `attn_temp`, temp_embed
     and the frame upsampling keep their own init. Report: "loaded" (Latte keys set), "skipped" (key ->
-    shapes, where DiT's shape differs, e.g. final_layer.linear when learn_sigma differs), "dropped" (DiT
+    shapes, where DiT's shape differs, e.g. final_layer.linear when learn_sigma differs; a differing block
+    or embedding shape is an error), "dropped" (DiT
     keys with no place here: always the 1000-class label table, temporal blocks, blocks beyond the depth,
     adaLN with all_tokens) and "kept" (Latte keys that keep their own init).
     """
@@ -92,6 +98,13 @@ def load_dit_init(latte: "Latte", path_or_state_dict: str | os.PathLike | Mappin
                 continue
             target.copy_(value)
             report["loaded"].append(key)
+    mismatched = [key for key in report["skipped"] if not key.startswith(SHAPE_DEPENDENT)]
+    if mismatched:  # the transformer itself differs: loading the rest would be an init in name only
+        raise ValueError(
+            f"the DiT checkpoint does not fit this Latte: {mismatched[0]} is "
+            f"{report['skipped'][mismatched[0]]} ({len(mismatched)} such tensors). Use a DiT of the same "
+            f"size (hidden {latte.hidden_size}) as the backbone, e.g. DiT-XL/2 for Latte-XL/*"
+        )
     report["kept"] = sorted(params.keys() - set(report["loaded"]))
     log.info(
         "DiT init: %d tensors loaded, %d skipped (shape), %d dropped, %d Latte tensors keep their init",

@@ -446,6 +446,12 @@ def test_dit_init_from_constructor_file_and_all_tokens(tmp_path):
     assert "final_layer.adaLN_modulation.1.weight" in model.dit_init_report["dropped"]
 
 
+def test_dit_init_of_another_width_is_an_error_not_a_silent_partial_init():
+    narrow = {k: v[..., : v.shape[-1] // 2] if k.startswith("blocks.") else v for k, v in fake_dit().items()}
+    with pytest.raises(ValueError, match=r"does not fit this Latte: blocks\.0\..*hidden 128"):
+        load_dit_init(tiny(perturb=False), narrow)
+
+
 def test_dit_init_missing_file_says_where_to_get_it(tmp_path):
     missing = tmp_path / "nowhere" / "DiT-XL-2-256x256.pt"
     with pytest.raises(FileNotFoundError, match=rf"nowhere/DiT-XL-2-256x256.pt.*{re.escape(DIT_URL)}"):

@@ -198,12 +198,31 @@ def test_checkpoint_holds_the_resolved_config(tmp_path, tiny_overrides):
     assert json.dumps(config)  # plain containers, no OmegaConf nodes
 
 
-def test_class_conditional_training_samples_with_guidance(tmp_path, tiny_overrides):
-    cfg = compose_train(tmp_path, [*tiny_overrides, "data.num_classes=4", "sampler.cfg_scale=4.0"])
-    train(cfg)
-    state = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+def test_class_conditional_dit_init_training_samples_with_guidance_and_without_the_dit_file(
+    tmp_path, tiny_overrides
+):
+    from tests.test_latte_axes import fake_dit
+    from utils.run import sample
+
+    dit = tmp_path / "DiT-XL-2-256x256.pt"
+    torch.save({k: 0.02 * v for k, v in fake_dit().items()}, dit)  # the tiny backbone's width and depth
+    overrides = [
+        "data.num_classes=4",
+        "sampler.cfg_scale=4.0",
+        "init=imagenet_dit",
+        f"paths.weights_dir={tmp_path}",
+    ]
+    train(compose_train(tmp_path, [*tiny_overrides, *overrides]))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = _load(ckpt)["state_dict"]
     assert state["backbone.y_embedder.embedding_table.weight"].shape == (5, 128), "4 classes + the null class"
     assert (tmp_path / "run" / "samples" / "step_0000004.gif").is_file(), "guided sampling must run"
+
+    dit.unlink()  # sampling a checkpoint must not need the DiT file its training started from
+    sampling = ["sampler=ddim", "sampler.num_steps=2", "num_videos=2", f"ckpt_path={ckpt}"]
+    with pytest.warns(UserWarning, match="pass sampler.cfg_scale=4.0"):
+        written = sample(compose_train(tmp_path / "s", sampling, config_name="sample"))
+    assert (tmp_path / "s" / "run" / "grid.mp4") in written
 
 
 def test_sample_py_reads_an_official_latte_file(tmp_path):

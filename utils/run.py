@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from backbones import load_official_latte
@@ -50,6 +50,9 @@ def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
         overrides["autoencoder"] = instantiate(cfg.autoencoder)
     if "state_dict" in checkpoint and "config" in checkpoint.get("hyper_parameters", {}):
         trained = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
+        if OmegaConf.select(trained, "module.backbone.pretrained_dit") is not None:
+            trained.module.backbone.pretrained_dit = None  # the weights are in the checkpoint: no DiT file
+        _warn_if_unguided(trained, cfg)
         module = instantiate(trained.module, **overrides)
         module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
         module.load_state_dict(checkpoint["state_dict"])
@@ -69,6 +72,18 @@ def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
             "an official Latte file holds no autoencoder: pass autoencoder=sd_vae autoencoder.path=<dir>"
         )
     return instantiate(cfg.module, backbone=backbone, **overrides)
+
+
+def _warn_if_unguided(trained: DictConfig, cfg: DictConfig) -> None:
+    """Say so when a class-conditional run is sampled at another CFG scale than it was trained to use."""
+    trained_scale = OmegaConf.select(trained, "sampler.cfg_scale", default=1.0)
+    if OmegaConf.select(trained, "module.backbone.num_classes", default=0) and (
+        cfg.sampler.cfg_scale != trained_scale
+    ):
+        rank_zero_warn(
+            f"sampling with sampler.cfg_scale={cfg.sampler.cfg_scale}, but this checkpoint's run samples "
+            f"with cfg_scale={trained_scale}: pass sampler.cfg_scale={trained_scale} for its setting"
+        )
 
 
 def sample(cfg: DictConfig) -> list[Path]:
