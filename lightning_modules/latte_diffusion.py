@@ -32,10 +32,13 @@ class LatteDiffusion(LightningModule):
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         ema_decay: float = 0.9999,
         compile: bool = False,
+        start_clip_iter: int = 0,
     ):
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if not isinstance(start_clip_iter, int) or start_clip_iter < 0:
+            raise ValueError(f"module.start_clip_iter must be an int >= 0, got {start_clip_iter!r}")
         if backbone.learn_sigma != diffusion.learn_sigma:
             raise ValueError(
                 f"backbone.learn_sigma={backbone.learn_sigma} but diffusion.learn_sigma="
@@ -55,6 +58,7 @@ class LatteDiffusion(LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.ema_decay = ema_decay
+        self.start_clip_iter = start_clip_iter  # the Trainer's gradient clipping applies from this step on
         self.compile_backbone = compile  # torch.compile the training forward (1.34x on Latte-XL/2, H200)
         self._ema_step = -1  # global_step of the last EMA update
 
@@ -121,6 +125,11 @@ class LatteDiffusion(LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"},
         }
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """The Trainer's clipping (trainer.gradient_clip_val), from step ``start_clip_iter`` on, as Latte."""
+        if self.global_step >= self.start_clip_iter:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def draw_noise(self, shape: tuple[int, ...], **kwargs) -> torch.Tensor:
         """Training noise for ``b f c h w`` latents: the prior over video frames, iid over appended images."""

@@ -132,6 +132,21 @@ def test_compiled_backbone_gives_the_eager_loss_and_keeps_its_state_dict_keys(tm
     assert list(module.state_dict()) == keys, "compiling must not rename checkpoint keys (_orig_mod.)"
 
 
+def test_gradient_clipping_starts_at_start_clip_iter(tmp_path, tiny_overrides):
+    from tests.helpers.probes import GradNormProbe
+
+    GradNormProbe.seen.clear()
+    overrides = [
+        "trainer.gradient_clip_val=1e-3",
+        "module.start_clip_iter=2",
+        "+callbacks.probe._target_=tests.helpers.probes.GradNormProbe",
+    ]
+    train(compose_train(tmp_path, [*tiny_overrides, *overrides]))
+    norms = GradNormProbe.seen
+    assert len(norms) == 4 and min(norms[:2]) > 1e-2, f"no clipping before step 2 (Latte): {norms}"
+    assert max(norms[2:]) == pytest.approx(1e-3, rel=1e-3), f"clipped to 1e-3 from step 2: {norms}"
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny_overrides):
     cfg = compose_train(
         tmp_path,

@@ -28,3 +28,13 @@ class RandomDrawProbe(Callback):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             draws = torch.rand(4).tolist()  # what the step's t / noise / dropout draws start from
             (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(draws))
+
+
+class GradNormProbe(Callback):
+    """Records the backbone's gradient norm as the optimizer used it (after any clipping), per step."""
+
+    seen: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # zeroed next step
+        grads = [p.grad for p in module.backbone.parameters() if p.grad is not None]
+        GradNormProbe.seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
