@@ -271,7 +271,7 @@ class VideoDataModule(LightningDataModule):
     @property
     def skipped_videos(self) -> int:
         """Videos left out so far (unreadable, corrupt, too short) over the built splits: log it as
-        `data/skipped_videos`. Counts index-time skips and read failures of this process (workers warn)."""
+        `data/skipped_videos`. Counts index-time skips and read failures (DataLoader workers included)."""
         skipped, failures = set(), 0  # splits may share videos: count each skipped path once
         for dataset in self.splits.values():
             source = getattr(dataset, "source", dataset)  # a latent-cache dataset wraps the decoded videos

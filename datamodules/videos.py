@@ -30,7 +30,8 @@ crop and lets the latent cache store every frame plain and flipped.
 
 Bad input: videos that cannot be opened or are shorter than the rule needs are dropped when the index is
 built (counted in `skipped`, one warning); a video that fails while being read is replaced by the next
-readable one (counted in `read_failures`, a warning each), never by a blank tensor.
+readable one (counted in `read_failures`, shared with the DataLoader workers; a warning each), never by a
+blank tensor.
 """
 
 import os
@@ -282,7 +283,12 @@ class DecodedVideos(Dataset):
         self.check_labels(built)
         self.records, self.lengths, self.skipped = self.probe(built, probe_workers)
         self.bad: set[int] = set()  # items that failed while being read, in this process
-        self.read_failures = 0
+        self._read_failures = torch.zeros((), dtype=torch.int64).share_memory_()  # workers count here too
+
+    @property
+    def read_failures(self) -> int:
+        """Reads that failed so far, in this process and its DataLoader workers (a shared-memory count)."""
+        return int(self._read_failures)
 
     def check_labels(self, built: VideoIndex) -> None:
         """Fail unless a conditional dataset's index has exactly num_classes classes and labels them all."""
@@ -398,12 +404,12 @@ class DecodedVideos(Dataset):
         raise RuntimeError(f"None of the {len(self)} videos of '{self.root}' ({self.split}) could be read.")
 
     def mark_bad(self, index: int, error: Exception) -> None:
-        """Remember that video `index` failed to read, count it and warn (this process only)."""
+        """Remember that video `index` failed to read (in this process), count it (in all) and warn."""
         self.bad.add(index)
-        self.read_failures += 1
+        self._read_failures += 1
         warnings.warn(
             f"Skipping unreadable video {self.records[index].path} ({type(error).__name__}: "
-            f"{str(error).strip()[:200]}); {self.read_failures} skipped while reading in this process.",
+            f"{str(error).strip()[:200]}); {self.read_failures} skipped while reading.",
             SkippedVideoWarning,
             stacklevel=3,
         )

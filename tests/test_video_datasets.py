@@ -330,6 +330,27 @@ def test_skipped_videos_are_counted_once_for_logging(roots):
     assert dm.skipped_videos == 2, "train and val share the folder: corrupt.mp4 and short.mp4 count once"
 
 
+def test_read_failures_in_dataloader_workers_reach_the_logged_count(tmp_path):
+    folder = tmp_path / "train" / "videos"
+    for video_id in (1, 2, 3, 4):
+        write_video(folder / f"v{video_id}.mp4", video_id, 50)
+    dm = VideoDataModule(
+        lambda split, root, **sizes: ffs(root, split, **sizes),
+        root=str(tmp_path),
+        num_frames=16,
+        resolution=16,
+        batch_size=2,
+        num_workers=1,  # the failure happens in a worker process
+        pin_memory=False,
+    )
+    dm.setup("validate")
+    write_garbage(folder / "v2.mp4")  # broken after the index was built: found only when read
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        items = sum(len(batch["video"]) for batch in dm.val_dataloader())
+    assert items == 4 and dm.skipped_videos == 1, "a worker's read failure must be counted where it is logged"
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_preset_builds_its_datamodule_on_fake_data(tmp_path, roots, experiment):
     name = experiment.removeprefix("latte_").removesuffix("_img")
