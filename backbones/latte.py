@@ -217,13 +217,10 @@ class Frames:
 
     video: int  # frames [0, video) are the clip's (latent) frames; the rest are independent images
     c: torch.Tensor | None  # (b, t, d) conditioning vector per frame (s_adaln), else None
-    tokens: torch.Tensor | None  # (b, t, m, d) conditioning tokens per frame (all_tokens), else None
 
     def video_only(self) -> "Frames":
         """The same description restricted to the clip's frames."""
-        c = None if self.c is None else self.c[:, : self.video]
-        tokens = None if self.tokens is None else self.tokens[:, : self.video]
-        return Frames(self.video, c, tokens)
+        return Frames(self.video, None if self.c is None else self.c[:, : self.video])
 
 
 class AdaLNConditioning:
@@ -244,7 +241,7 @@ class AdaLNConditioning:
 
 
 class TokenConditioning:
-    """all_tokens: t_emb (and the label embedding) are extra tokens of every attention sequence; no adaLN."""
+    """all_tokens: t_emb (and the label embedding) are extra tokens of every frame, through every block."""
 
     affine_norms = True  # plain pre-norm blocks
 
@@ -255,7 +252,12 @@ class TokenConditioning:
 
     @staticmethod
     def condition(t_emb: torch.Tensor, labels: torch.Tensor | None, frames: int) -> tuple:
-        """(None, tokens): per-frame tokens [t_emb] or [t_emb, the frame's label embedding] (b, t, m, d)."""
+        """(None, tokens): per-frame tokens [t_emb] or [t_emb, the frame's label embedding] (b, t, m, d).
+
+        Latte.forward puts them before each frame's patch tokens, so they take part in every attention
+        (within the frame, across frames at their own location) and every MLP like the patch tokens, and
+        drops them before the final layer (U-ViT's "all as tokens", inside Latte's factorised sequences).
+        """
         tokens = repeat(t_emb, "b d -> b t 1 d", t=frames)  # (b, t, 1, d)
         if labels is not None:
             tokens = torch.cat([tokens, labels.unsqueeze(2)], dim=2)  # (b, t, 2, d)
@@ -281,51 +283,26 @@ def adaln_chunks(modulation: nn.Module | None, c: torch.Tensor | None, chunks: i
 #################################################################################
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
-    """Softmax attention of q (n, h, L, e) over k, v (n, h, L, e) after prefix keys/values (2, n, h, m, e)."""
-    if prefix is not None:
-        k = torch.cat([prefix[0], k], dim=2)  # (n, h, m + L, e)
-        v = torch.cat([prefix[1], v], dim=2)  # (n, h, m + L, e)
-    return F.scaled_dot_product_attention(q, k, v)  # (n, h, L, e)
-
-
-def attend_within_frames(qkv: torch.Tensor, prefix_kv: torch.Tensor | None) -> torch.Tensor:
+def attend_within_frames(qkv: torch.Tensor) -> torch.Tensor:
     """The l tokens of each frame attend to each other: qkv (3, b, h, t, l, e) -> (b, h, t, l, e)."""
     b = qkv.shape[1]
     q, k, v = rearrange(qkv, "three b h t l e -> three (b t) h l e")  # (b*t, h, l, e)
-    if prefix_kv is not None:  # each frame's own conditioning tokens
-        prefix_kv = rearrange(prefix_kv, "two b h t m e -> two (b t) h m e")  # (2, b*t, h, m, e)
-    return rearrange(attend(q, k, v, prefix_kv), "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
+    x = F.scaled_dot_product_attention(q, k, v)  # (b*t, h, l, e)
+    return rearrange(x, "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
 
 
-def attend_across_frames(
-    qkv: torch.Tensor, prefix_kv: torch.Tensor | None, rotate: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def attend_across_frames(qkv: torch.Tensor, rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The clip's f frames attend to each other per location: qkv (3, b, h, f, l, e) -> (b, h, f, l, e)."""
-    b, length = qkv.shape[1], qkv.shape[4]
+    b = qkv.shape[1]
     q, k, v = rearrange(qkv, "three b h f l e -> three (b l) h f e")  # (b*l, h, f, e)
-    if prefix_kv is not None:  # the clip's frames share their conditioning tokens: frame 0's
-        prefix_kv = repeat(prefix_kv[:, :, :, 0], "two b h m e -> two (b l) h m e", l=length)
-    x = attend(rotate(q), rotate(k), v, prefix_kv)  # (b*l, h, f, e)
+    x = F.scaled_dot_product_attention(rotate(q), rotate(k), v)  # (b*l, h, f, e)
     return rearrange(x, "(b l) h f e -> b h f l e", b=b)  # (b, h, f, l, e)
-
-
-def attend_alone(qkv: torch.Tensor, prefix_kv: torch.Tensor | None) -> torch.Tensor:
-    """Each token attends only to itself (and its frame's conditioning tokens): qkv (3, b, h, n, l, e)."""
-    b, length = qkv.shape[1], qkv.shape[4]
-    q, k, v = rearrange(qkv, "three b h n l e -> three (b n l) h 1 e")  # (b*n*l, h, 1, e)
-    if prefix_kv is not None:
-        prefix_kv = repeat(prefix_kv, "two b h n m e -> two (b n l) h m e", l=length)  # (2, b*n*l, h, m, e)
-    x = attend(q, k, v, prefix_kv)  # (b*n*l, h, 1, e)
-    return rearrange(x, "(b n l) h 1 e -> b h n l e", b=b, l=length)  # (b, h, n, l, e)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention, fused qkv (rows [q; k; v], head index slowest); subclasses group tokens.
 
-    Every subclass maps modulated tokens (b, t, l, d) to their attention update (b, t, l, d). `prefix`
-    (b, t, m, d) holds each frame's conditioning tokens (all_tokens): their keys and values, made by the
-    same qkv, lead every sequence, and they get no output (so no extra tokens leave the attention).
+    Every subclass maps modulated tokens (b, t, l, d) to their attention update (b, t, l, d).
     """
 
     over_time = False  # attends across frames: RoPE (temporal_pos="rope") applies to it
@@ -341,10 +318,6 @@ class Attention(nn.Module):
         """Fused q, k, v of tokens (b, t, l, d) split into heads: (3, b, h, t, l, e)."""
         return rearrange(self.qkv(x), "b t l (three h e) -> three b h t l e", three=3, h=self.num_heads)
 
-    def prefix_kv(self, prefix: torch.Tensor | None) -> torch.Tensor | None:
-        """Keys and values (2, b, h, t, m, e) of the conditioning tokens (b, t, m, d); None without them."""
-        return None if prefix is None else self.heads(prefix)[1:]
-
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         """RoPE of the frame index along dim 2 of queries or keys (n, h, f, e); identity without RoPE."""
         return x if self.rope is None else self.rope(x)  # (n, h, f, e)
@@ -353,9 +326,9 @@ class Attention(nn.Module):
 class SpatialAttention(Attention):
     """Attention among the l tokens of each frame, clip frames and images alike."""
 
-    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
-        x = attend_within_frames(self.heads(x), self.prefix_kv(prefix))  # (b, h, t, l, e)
+        x = attend_within_frames(self.heads(x))  # (b, h, t, l, e)
         return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
 
 
@@ -364,12 +337,10 @@ class TemporalAttention(Attention):
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d): across the first `video` frames, zero for images."""
         images = x[:, video:]  # (b, n, l, d)
-        qkv = self.heads(x[:, :video])  # (3, b, h, f, l, e)
-        clip_prefix = None if prefix is None else prefix[:, :1]  # the clip's frames share their tokens
-        x = attend_across_frames(qkv, self.prefix_kv(clip_prefix), self.rotate)  # (b, h, f, l, e)
+        x = attend_across_frames(self.heads(x[:, :video]), self.rotate)  # (b, h, f, l, e)
         x = self.proj(rearrange(x, "b h f l e -> b f l (h e)"))  # (b, f, l, d)
         if images.shape[1]:  # joint training: the images are not attended across
             x = torch.cat([x, torch.zeros_like(images)], dim=1)  # (b, t, l, d)
@@ -381,23 +352,19 @@ class FactorisedHeadsAttention(Attention):
 
     Both groups share qkv and proj; concatenating their outputs before `proj` equals summing the two
     groups' projected outputs (the paper's "outputs summed"). An image frame's temporal heads attend only
-    to itself (and its conditioning tokens).
+    to itself: a one-key attention, which returns each token's own value.
     """
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, video: int, prefix: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
-        half, frames = self.num_heads // 2, x.shape[1]
-        qkv, prefix_kv = self.heads(x), self.prefix_kv(prefix)  # (3, b, h, t, l, e), (2, b, h, t, m, e)
-        space_kv = None if prefix_kv is None else prefix_kv[:, :, :half]  # (2, b, h/2, t, m, e)
-        time_kv = None if prefix_kv is None else prefix_kv[:, :, half:]  # (2, b, h/2, t, m, e)
-        space = attend_within_frames(qkv[:, :, :half], space_kv)  # (b, h/2, t, l, e)
-        time = attend_across_frames(qkv[:, :, half:, :video], time_kv, self.rotate)  # (b, h/2, f, l, e)
-        if video < frames:  # joint training: an image's temporal heads see that image alone
-            images_kv = None if time_kv is None else time_kv[:, :, :, video:]  # (2, b, h/2, n, m, e)
-            alone = attend_alone(qkv[:, :, half:, video:], images_kv)  # (b, h/2, n, l, e)
-            time = torch.cat([time, alone], dim=2)  # (b, h/2, t, l, e)
+        half = self.num_heads // 2
+        qkv = self.heads(x)  # (3, b, h, t, l, e)
+        space = attend_within_frames(qkv[:, :, :half])  # (b, h/2, t, l, e)
+        time = attend_across_frames(qkv[:, :, half:, :video], self.rotate)  # (b, h/2, f, l, e)
+        if video < x.shape[1]:  # joint training: an image's temporal heads see that image alone
+            time = torch.cat([time, qkv[2, :, half:, video:]], dim=2)  # (b, h/2, t, l, e): their own values
         x = torch.cat([space, time], dim=1)  # (b, h, t, l, e)
         return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
 
@@ -426,7 +393,7 @@ class LatteBlock(nn.Module):
 
     With s_adaln every branch is scaled/shifted before and gated after by adaLN-Zero (one modulation per
     block, shared by all its attention branches); with all_tokens the norms are affine and nothing is
-    modulated, and the attentions see the frame's conditioning tokens (normalised by norm1 like the rest).
+    modulated (the conditioning tokens are among the tokens).
     """
 
     attentions: dict[str, type[Attention]] = {}  # attribute name -> attention class, applied in this order
@@ -453,10 +420,9 @@ class LatteBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, frames.c, 6
         )  # (b, t, 1, d) each, or None
-        prefix = None if frames.tokens is None else self.norm1(frames.tokens)  # (b, t, m, d)
         for name in self.attentions:
             h = modulate(self.norm1(x), shift_msa, scale_msa)  # (b, t, l, d)
-            x = x + gated(gate_msa, getattr(self, name)(h, frames.video, prefix))  # (b, t, l, d)
+            x = x + gated(gate_msa, getattr(self, name)(h, frames.video))  # (b, t, l, d)
         return x + gated(gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))  # (b, t, l, d)
 
 
@@ -573,12 +539,13 @@ class Latte(nn.Module):
       latent frames, and a ConvTranspose3d (kernel = stride = (s, 1, 1)) after the linear decoder restores
       num_frames frames (it starts at zero, so a fresh model still outputs 0).
     * `conditioning` (CONDITIONINGS): "s_adaln" (official adaLN-Zero on c = t_emb + y_emb) or
-      "all_tokens" (t_emb and y_emb are extra tokens of every attention sequence; no adaLN anywhere, so
-      Latte-XL/2 has 448.0M parameters instead of 673.7M).
+      "all_tokens" (t_emb and y_emb are m = 1-2 extra tokens leading every frame's l patch tokens: they
+      pass through every attention and MLP like patch tokens and are dropped before the final layer; no
+      adaLN anywhere, so Latte-XL/2 has 448.0M parameters instead of 673.7M).
     * `temporal_pos`: "absolute" (frozen sin-cos `temp_embed`, added once before the first block that
       attends across frames: after block 0 for variant 1, before block depth/2 for 2, at the input for 3
-      and 4) or "rope" (rotary embedding of the frame index on q and k in every temporal attention; the
-      conditioning tokens are not rotated; there is no `temp_embed`).
+      and 4) or "rope" (rotary embedding of the frame index on q and k in every temporal attention, at
+      every token location; there is no `temp_embed`).
     * `pretrained_dit`: path of an ImageNet DiT checkpoint that initialises the spatial parts
       (backbones/pretrained.py); its report is kept in `dit_init_report`.
 
@@ -796,12 +763,15 @@ class Latte(nn.Module):
         x = self.x_embedder(x) + self.pos_embed  # (b, t, l, d): t = latent clip frames + images
         labels = self.embed_labels(y, y_image, images)  # (b, t, d) or None
         c, tokens = self.conditioner.condition(self.t_embedder(t), labels, video + images)  # (b, t, [m,] d)
-        frames = Frames(video, c, tokens)
+        m = 0 if tokens is None else tokens.shape[2]  # all_tokens: m conditioning tokens lead every frame
+        if m:
+            x = torch.cat([tokens, x], dim=2)  # (b, t, m + l, d)
+        frames = Frames(video, c)
         for i, block in enumerate(self.blocks):
             if i == self.temp_embed_at:  # absolute: before the first block that attends across frames
-                x = add_to_video(x, video, self.temp_embed.unsqueeze(2))  # (b, t, l, d)
-            x = block(x, frames)  # (b, t, l, d)
-        x = self.final_layer(x, c)  # (b, t, l, p*p*c_out)
+                x = add_to_video(x, video, self.temp_embed.unsqueeze(2))  # (b, t, m + l, d)
+            x = block(x, frames)  # (b, t, m + l, d)
+        x = self.final_layer(x[:, :, m:], c)  # (b, t, l, p*p*c_out): the conditioning tokens are dropped
         x = self.unpatchify(x)  # (b, t, c_out, h, w)
         return self.frame_upsample(x)  # (b, f, c_out, h, w)
 

@@ -284,6 +284,24 @@ def test_all_tokens_has_no_adaln_and_conditions_through_attention():
         )
 
 
+def test_all_tokens_lead_every_frame_through_every_block_and_are_updated_by_them():
+    model = tiny(conditioning="all_tokens", num_classes=5)
+    seen = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x, t = inputs()
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        out = model(x, t, y)
+        first = [s.clone() for s in seen]
+        seen.clear()
+        model(x.flip(-1), t, y)  # other frame content, same t and y
+    assert out.shape == (2, 4, 8, 8, 8), "the conditioning tokens are dropped before the final layer"
+    assert all(s.shape == (2, 4, 2 + GRID * GRID, HIDDEN) for s in first), "[t_emb, y_emb] + l patch tokens"
+    assert torch.equal(first[0][:, :, :2], seen[0][:, :, :2]), "block 0 receives the plain embeddings"
+    assert not torch.allclose(first[1][:, :, :2], seen[1][:, :, :2]), "blocks update the tokens: not a prefix"
+
+
 #################################################################################
 #                       Compression Patch Embedding (tubelets)                  #
 #################################################################################
