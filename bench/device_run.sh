@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop fvd}   # sections to run: any of tests, quickstart, throughput, loop, fvd
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -38,6 +38,11 @@ fi
 if [[ $what == *loop* ]]; then
 echo "== the train.py loop at the paper's token count (Latte-XL/2, batch 5, bf16-mixed), eager vs module.compile"
 python3 bench/train_loop.py --json "$OUT"/train_loop.json 2>&1 | grep -E "^\|"
+fi
+
+if [[ $what == *variants* ]]; then
+echo "== parameters, FLOPs and H200/H100 step times of the Latte variants and axes"
+python3 bench/variant_flops.py --time 2>&1 | grep -E "^\|"
 fi
 
 if [[ $what == *fvd* ]]; then
