@@ -109,7 +109,8 @@ def space_timesteps(num_timesteps: int, section_counts: Respacing) -> list[int]:
     """Sorted timesteps of a ``num_timesteps`` process kept by a respacing.
 
     ``""``/``None`` keeps all. ``"250"`` or ``"10,15,20"`` cuts the process into equal sections and keeps that
-    many evenly spaced steps in each (first and last step of the section included, ``round(k * stride)``).
+    many evenly spaced steps in each (first and last step of the section included, ``round(k * stride)`` with
+    the stride summed in floating point as IDDPM does, which decides its ties).
     ``"ddimN"`` keeps ``range(0, T, stride)`` for the integer stride giving exactly N steps.
     """
     if section_counts is None or section_counts == "":
@@ -136,8 +137,10 @@ def space_timesteps(num_timesteps: int, section_counts: Respacing) -> list[int]:
             raise ValueError(
                 f"timestep_respacing {section_counts!r}: cannot keep {count} of a section of {size}"
             )
-        stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        kept += [start + round(k * stride) for k in range(count)]
+        stride, position = ((size - 1) / (count - 1) if count > 1 else 1.0), 0.0
+        for _ in range(count):  # a running float sum, as IDDPM's space_timesteps: its ties round as Latte's
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

@@ -154,6 +154,7 @@ def test_space_timesteps_ddim_sections_and_errors():
     assert space_timesteps(1000, "50")[:3] == [0, 20, 41] and space_timesteps(1000, "50")[-2:] == [979, 999]
     assert space_timesteps(1000, "") == list(range(1000)) == space_timesteps(1000, None)
     assert space_timesteps(100, "2,3") == [0, 49, 50, 74, 99]  # round(24.5) = 24 (half to even)
+    assert space_timesteps(1000, "21")[10] == 499, "IDDPM sums 49.95 ten times: 499.4999..., not 499.5 -> 500"
     with pytest.raises(ValueError):
         space_timesteps(1000, "ddim999")  # strides 1 and 2 give 1000 and 500
     with pytest.raises(ValueError):
