@@ -113,6 +113,7 @@ class LatentCache:
         autoencoder_path: str | None = None,
         autoencoder_subfolder: str | None = None,
         scaling_factor: float | None = None,
+        autoencoder_dtype: str | None = None,
         sample_posterior: bool = True,
         dtype: str = "float16",
         shard_frames: int = 4096,
@@ -122,6 +123,8 @@ class LatentCache:
         dir: the cache folder (created by `build`).
         autoencoder_path, autoencoder_subfolder, scaling_factor: the VAE the latents belong to, as in the
             autoencoder config (interpolated from it); checked against the cache before it is used.
+        autoencoder_dtype: the VAE's weight dtype (its `torch_dtype`; null = as stored): part of the key,
+            since an fp16 encoder gives other latents than an fp32 one.
         sample_posterior: draw z from the posterior (Latte trains so) or take its mean.
         dtype: storage dtype of the moments, "float16" (half the disk) or "float32" (exact).
         shard_frames: frames per shard file (a video never spans two shards).
@@ -135,6 +138,7 @@ class LatentCache:
         self.autoencoder_path = autoencoder_path
         self.autoencoder_subfolder = autoencoder_subfolder
         self.scaling_factor = scaling_factor
+        self.autoencoder_dtype = autoencoder_dtype
         self.sample_posterior = sample_posterior
         self.dtype = dtype
         self.shard_frames = shard_frames
@@ -149,6 +153,7 @@ class LatentCache:
             "spatial": dataset.spatial,
             "flip": dataset.flip,
             "dtype": self.dtype,
+            "autoencoder_dtype": self.autoencoder_dtype,
             "autoencoder": autoencoder_identity(
                 self.autoencoder_path, self.autoencoder_subfolder, self.scaling_factor
             ),

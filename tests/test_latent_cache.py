@@ -188,11 +188,12 @@ def test_a_changed_video_is_refused_then_reencoded_alone(tmp_path, root, vae_dir
         ({"flip": False}, "flip"),
         ({"scaling_factor": 0.25}, "autoencoder"),
         ({"dtype": "float16"}, "dtype"),
+        ({"autoencoder_dtype": "float16"}, "autoencoder_dtype"),
     ],
 )
 def test_changed_settings_make_the_cache_stale_and_rebuild_it(tmp_path, root, vae_dir, change, changed):
     build(root, cache(tmp_path / "cache", vae_dir), vae_dir)
-    cache_options = {k: v for k, v in change.items() if k in ("scaling_factor", "dtype")}
+    cache_options = {k: v for k, v in change.items() if k in ("scaling_factor", "dtype", "autoencoder_dtype")}
     latents = cache(tmp_path / "cache", vae_dir, **cache_options)
     dataset_options = {k: v for k, v in change.items() if k == "flip"}
     sizes = SIZES | {k: v for k, v in change.items() if k == "resolution"}
