@@ -166,6 +166,34 @@ def test_fid_and_kid_share_one_inception_pass_and_match_torchmetrics_extractor(t
     assert np.isfinite(values["kid"]) and values["kid_std"] >= 0
 
 
+@pytest.mark.slow  # InceptionV3 at 299 px and a 2048-d eigen-decomposition on a 2-core CPU
+def test_fid_is_torchmetrics_frechet_inception_distance_with_stylegan_covariances(tmp_path):
+    """Same frames, same weights: torchmetrics' FID (covariance / (N - 1)) equals ours once the covariance
+    normaliser is matched; ours keeps StyleGAN-V's / N, as for FVD."""
+    pytest.importorskip("torch_fidelity")
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from metrics import frechet_distance
+
+    weights = random_inception_weights(tmp_path / "w" / "weights-inception-2015-12-05-6726825d.pth")
+    generator = torch.Generator().manual_seed(0)
+    real, fake = (torch.rand(2, 5, 3, 32, 32, generator=generator) * 2 - 1 for _ in range(2))  # b f c h w
+    theirs = FrechetInceptionDistance(feature_extractor_weights_path=str(weights), antialias=False).double()
+    theirs.update(to_uint8(real).flatten(0, 1), real=True)
+    theirs.update(to_uint8(fake).flatten(0, 1), real=False)
+
+    ours = FrechetDistance(InceptionV3(weights_dir=str(tmp_path / "w")), name="fid")
+    ours.update(real)
+    real_mean, real_cov = ours.gaussian()
+    ours.reset()
+    ours.update(fake)
+    fake_mean, fake_cov = ours.gaussian()
+    n = 10  # frames per set
+    unbiased = frechet_distance(fake_mean, fake_cov * n / (n - 1), real_mean, real_cov * n / (n - 1))
+    assert float(theirs.compute()) == pytest.approx(unbiased, rel=1e-4)
+    assert frechet_distance(fake_mean, fake_cov, real_mean, real_cov) < unbiased, "/ N: smaller traces"
+
+
 #################################################################################
 #                      Real clips: selection, seeding, the cache                #
 #################################################################################
