@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,15 @@ def test_resume_continues_step_count_and_ema(tmp_path, tiny_overrides):
         "the EMA restarted instead of continuing"
     )
     assert _load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_a_run_started_again_in_its_folder_continues_from_its_last_checkpoint(tmp_path, tiny_overrides):
+    train(compose_train(tmp_path, tiny_overrides))  # writes run/checkpoints/last.ckpt at step 4
+    StartProbe.seen.clear()
+    probe = "+callbacks.probe._target_=tests.helpers.probes.StartProbe"
+    train(compose_train(tmp_path, [*tiny_overrides, "trainer.max_steps=6", probe]))  # the same run folder
+    assert [start["step"] for start in StartProbe.seen] == [4], "a requeued job must not start over"
+    assert _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
 
 
 @pytest.mark.slow
@@ -316,3 +326,56 @@ def test_ddp_ranks_draw_their_own_timesteps_and_noise(tmp_path):
     assert rank0 != rank1, "every DDP rank drew the same t and noise: the effective batch is one rank's"
     (run,) = (tmp_path / "logs" / "quickstart" / "runs").iterdir()
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Poll until ``path`` exists; fail if ``process`` ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"train.py ended early: {process.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"{path.name} did not appear in {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes_in_its_folder(tmp_path):
+    """As sbatch --signal=SIGUSR1@90 --requeue: Lightning checkpoints and calls scontrol (a fake one here);
+    the requeued job (same command, same job id) finds its folder and continues from that checkpoint."""
+    fake_bin, marks = tmp_path / "bin", tmp_path / "marks"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
+    env |= {"HOME": str(tmp_path), "PATH": f"{fake_bin}:{env['PATH']}", "SLURM_JOB_ID": "4242"}
+    env |= {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "latte", "SLURM_NODELIST": "localhost"}
+    env |= {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    never = "1000000"
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *TINY,
+        f"trainer.max_steps={never}",
+        f"trainer.val_check_interval={never}",
+        f"callbacks.model_checkpoint.every_n_train_steps={never}",
+        f"callbacks.video_sampler.every_n_steps={never}",
+        "+callbacks.probe._target_=tests.helpers.probes.RestartProbe",
+        f"+callbacks.probe.dirpath={marks}",
+    ]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(marks / "running", first, timeout=120)
+        first.send_signal(signal.SIGUSR1)  # SLURM's warning before the time limit or a preemption
+        _wait_for(tmp_path / "scontrol.log", first, timeout=60)
+    finally:
+        first.kill()
+        first.communicate()
+    run = tmp_path / "logs" / "quickstart" / "runs" / "slurm-4242"  # named by the job, not the clock
+    (saved,) = run.glob("hpc_ckpt_*.ckpt")
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    step = _load(saved)["global_step"]
+    assert step >= 3
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert int((marks / "start_step").read_text()) == step, "the requeued job must continue, not restart"
+    assert [p.name for p in (tmp_path / "logs" / "quickstart" / "runs").iterdir()] == ["slurm-4242"]

@@ -1,5 +1,7 @@
 """Hydra glue: OmegaConf resolvers and building keyed maps of callbacks and loggers."""
 
+import hashlib
+import os
 from pathlib import Path
 
 import hydra
@@ -20,12 +22,35 @@ def sweep_choices() -> list[str]:
     return [c[:64] for c in short]
 
 
+def slurm_job(default: str) -> str:
+    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM batch job, else ``default``.
+
+    A requeued job keeps its id, so a run folder named by it is found again and the run resumes; every
+    srun task of a multi-node job names the same folder. The test is Lightning's for SLURM (SLURM_NTASKS
+    set, job name not "bash"/"interactive"), so the folder is stable exactly when Lightning auto-requeues.
+    """
+    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return default
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm-{array}_{task}" if array and task else f"slurm-{os.environ['SLURM_JOB_ID']}"
+
+
+def stable_id(text: str) -> str:
+    """A 16-hex-digit id of ``text`` (a run folder): the same run folder gives the same wandb run id."""
+    return hashlib.sha1(str(text).encode()).hexdigest()[:16]
+
+
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (``${floordiv:a,b}``, ``${sweep_choices:}``); idempotent."""
-    if not OmegaConf.has_resolver("floordiv"):
-        OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b))
-    if not OmegaConf.has_resolver("sweep_choices"):
-        OmegaConf.register_new_resolver("sweep_choices", sweep_choices)
+    """Register the resolvers the configs use (floordiv, sweep_choices, slurm_job, stable_id); idempotent."""
+    resolvers = {
+        "floordiv": lambda a, b: int(a) // int(b),
+        "sweep_choices": sweep_choices,
+        "slurm_job": slurm_job,
+        "stable_id": stable_id,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def instantiate_map(cfg: DictConfig | None, what: str) -> list:

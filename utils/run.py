@@ -16,7 +16,8 @@ from utils.video import video_grid, write_gif, write_mp4
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured module on the configured data; resume from ``cfg.ckpt_path`` when it is set."""
+    """Fit the configured module on the configured data; resume from ``cfg.ckpt_path`` when it is set, or
+    from the run folder's own newest checkpoint (a requeued SLURM job)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -30,14 +31,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_map(cfg.get("callbacks"), "callback")
     loggers = instantiate_map(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         _finish_wandb()
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if trainer.is_global_zero:  # the run's result, one file per sweep job
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def checkpoint_in_run_folder(output_dir: Path) -> str | None:
+    """What a run restarted in its own folder (a requeued SLURM job) continues from; None in a new folder.
+
+    The newer of ``checkpoints/last.ckpt`` and Lightning's pre-emption checkpoints ``hpc_ckpt_<n>.ckpt``
+    (written when SLURM sends the requeue signal, ``#SBATCH --signal=SIGUSR1@90``).
+    """
+    candidates = [*output_dir.glob("hpc_ckpt_*.ckpt"), output_dir / "checkpoints" / "last.ckpt"]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    rank_zero_info(f"Resuming from {newest}: this run folder already holds a checkpoint")
+    return str(newest)
 
 
 def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:

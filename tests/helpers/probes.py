@@ -38,3 +38,20 @@ class GradNormProbe(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # zeroed next step
         grads = [p.grad for p in module.backbone.parameters() if p.grad is not None]
         GradNormProbe.seen.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+class RestartProbe(Callback):
+    """For a run that is signalled, killed and started again in its folder: writes ``start_step`` (the step
+    training starts from) and, from step 3 on, ``running``; a run that starts past step 0 stops at once."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+
+    def on_train_start(self, trainer, module) -> None:
+        (self.dirpath / "start_step").write_text(str(trainer.global_step))
+        trainer.should_stop = trainer.global_step > 0  # the restarted run only has to show where it starts
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= 3:
+            (self.dirpath / "running").touch()
