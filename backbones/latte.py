@@ -7,7 +7,8 @@ image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute)
 its parameter names equal the official ones, so the released checkpoints load strictly.
 
 Videos are `b f c h w` (frames before channels) at the input and at the output. Inside, tokens are kept as
-(b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l patch tokens.
+(b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l tokens (the
+patch tokens, led by the 1-2 conditioning tokens with conditioning="all_tokens").
 """
 
 import math
