@@ -4,19 +4,25 @@ Protocol (StyleGAN-V, as Latte reports): `num_videos` (2048) generated videos, t
 the real clips of `real` (2048, 16 frames at the dataset's stride); detectors from the weight registry.
 Writes `metrics.json` (values, protocol, detector files and sha256, reference cache files) and `metrics.md`
 (the table, also printed) into the run folder.
+
+Several GPUs: `torchrun --nproc_per_node=8 evaluate.py ...`. Each rank generates (or reads) its share of the
+videos and of the real clips, the metrics sync, and rank 0 writes the record; the values equal one process's.
 """
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from metrics.suite import MetricSuite, update_with_samples
+from metrics.reference import batch_range
+from metrics.suite import MetricSuite, rank_and_world_size, update_with_samples
 from metrics.video_folder import VideoFolder
 
 log = logging.getLogger(__name__)
@@ -28,9 +34,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(
             "set exactly one of ckpt_path=<checkpoint> or videos_dir=<folder of generated videos>"
         )
-    device = torch.device(
-        cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = join_torchrun(cfg.device)
+    rank, world_size = rank_and_world_size()
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     start = time.perf_counter()
     suite: MetricSuite = instantiate(cfg.metrics).to(device)
@@ -42,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
         module = load_module(cfg.ckpt_path, cfg).to(device).eval()
         source = {"ckpt_path": str(cfg.ckpt_path), "sampler": module.sampler.name, "seed": cfg.seed}
-        num_generated = update_with_samples(
+        update_with_samples(  # this rank's share of the num_videos
             suite,
             lambda n, generator: module.sample(n, generator=generator),
             cfg.num_videos,
@@ -50,14 +55,18 @@ def evaluate(cfg: DictConfig) -> dict:
             seed=cfg.seed,
             progress=cfg.progress,
         )
+        num_generated = cfg.num_videos
     else:
         folder = VideoFolder(
             cfg.videos_dir, suite.num_frames, cfg.videos_stride, cfg.num_videos, resolution=real.resolution
         )
         if len(folder) < cfg.num_videos:
             log.warning(f"{cfg.videos_dir} has {len(folder)} videos, fewer than num_videos={cfg.num_videos}")
-        loader = DataLoader(folder, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-        for batch in loader:
+        mine = batch_range(-(-len(folder) // cfg.batch_size), rank, world_size)  # this rank's batches
+        share = Subset(
+            folder, range(mine.start * cfg.batch_size, min(mine.stop * cfg.batch_size, len(folder)))
+        )
+        for batch in DataLoader(share, batch_size=cfg.batch_size, num_workers=cfg.num_workers):
             suite.update(batch["video"])
         source = {"videos_dir": str(Path(cfg.videos_dir).expanduser()), "stride": cfg.videos_stride}
         num_generated = len(folder)
@@ -73,7 +82,10 @@ def evaluate(cfg: DictConfig) -> dict:
         "detectors": suite.describe(),
         "references": references,
         "seconds": round(time.perf_counter() - start, 1),
+        "processes": world_size,
     }
+    if rank != 0:
+        return record
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -81,6 +93,18 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "metrics.md").write_text(table)
     print(table)
     return record
+
+
+def join_torchrun(device: str) -> torch.device:
+    """This process's device ("auto": a GPU if any); under torchrun (WORLD_SIZE > 1) join its group."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # one GPU per process, as torchrun numbers them
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return torch.device(device)
 
 
 def markdown_table(record: dict) -> str:

@@ -148,3 +148,38 @@ def test_evaluate_py_runs_from_the_command_line(tmp_path, weights_dir):
     assert "| fvd |" in result.stdout and "| is |" in result.stdout
     (run,) = (tmp_path / "logs" / "evaluate" / "runs").iterdir()
     assert set(json.loads((run / "metrics.json").read_text())["values"]) == {"fvd", "is", "is_std"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["videos_dir", "ckpt_path"])
+def test_evaluate_under_torchrun_on_two_processes_equals_one_process(
+    tmp_path, tiny_overrides, weights_dir, source
+):
+    """torchrun --nproc_per_node=2 (gloo on CPU): each rank its share of generated videos and real clips."""
+    if source == "videos_dir":
+        write_frame_folders(tmp_path / "fake", count=7, num_frames=5)
+        given = f"videos_dir={tmp_path / 'fake'}"
+    else:
+        from utils.run import train
+
+        train(compose_train(tmp_path / "train", [*tiny_overrides, "trainer.max_steps=2"]))
+        given = f"ckpt_path={tmp_path / 'train' / 'run' / 'checkpoints' / 'last.ckpt'}"
+    overrides = [*EVALUATE, given, f"paths.weights_dir={weights_dir}", "real.cache_dir=null", "sampler=ddim"]
+    overrides += ["sampler.num_steps=2", "batch_size=2"]  # 3 batches of generated videos: ranks get 1 and 2
+    alone = evaluate(compose_train(tmp_path / "one", overrides, config_name="evaluate"))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATTE_")} | {"HOME": str(tmp_path)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*torchrun, str(ROOT / "evaluate.py"), *overrides, f"hydra.run.dir={tmp_path / 'two'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert record["processes"] == 2 and record["num_generated"] == alone["num_generated"] == 6
+    for key, value in alone["values"].items():
+        assert record["values"][key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
