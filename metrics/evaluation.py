@@ -11,19 +11,18 @@ videos and of the real clips, the metrics sync, and rank 0 writes the record; th
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from metrics.reference import batch_range
-from metrics.suite import MetricSuite, rank_and_world_size, update_with_samples
+from metrics.suite import MetricSuite, update_with_samples
 from metrics.video_folder import VideoFolder
+from utils.distributed import join_torchrun, rank_and_world_size
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +92,6 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "metrics.md").write_text(table)
     print(table)
     return record
-
-
-def join_torchrun(device: str) -> torch.device:
-    """This process's device ("auto": a GPU if any); under torchrun (WORLD_SIZE > 1) join its group."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":  # one GPU per process, as torchrun numbers them
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return torch.device(device)
 
 
 def markdown_table(record: dict) -> str:

@@ -23,19 +23,13 @@ from metrics.reference import (
     stable_seed,
 )
 from metrics.scores import VideoMetric
+from utils.distributed import rank_and_world_size
 
 log = logging.getLogger(__name__)
 
 #################################################################################
 #                               Distributed helpers                             #
 #################################################################################
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def all_ranks_agree(flags: list[bool], device: torch.device) -> list[bool]:
