@@ -4,6 +4,7 @@ instead of decoding and encoding videos at every step.
 
     python -m datamodules.cache_latents data=ucf101 autoencoder=sd_vae data.root=/datasets/UCF-101
     python train.py experiment=latte_ucf101 data.root=/datasets/UCF-101 data.use_latent_cache=true
+    torchrun --standalone --nproc_per_node=8 -m datamodules.cache_latents data=ucf101 ...   # one share per GPU
 
 What is stored: for each frame after the deterministic spatial transform (resize/crop to the resolution), the
 posterior moments (mean, logvar) of the frame and, when the dataset flips clips, of its mirror image; shape
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from backbones.autoencoders import SD_VAE_SCALING_FACTOR, resolve_vae_path
 from datamodules.synthetic import clip_generator
 from datamodules.videos import READ_ERRORS, DecodedVideos, VideoRecord
 from utils.config import register_resolvers
+from utils.distributed import barrier, join_torchrun, rank_and_world_size, sum_over_ranks
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -170,8 +173,8 @@ class LatentCache:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def clear(self) -> None:
-        """Delete the manifest and the shards (only files this class writes)."""
-        for path in [self.dir / MANIFEST, *self.dir.glob("shard_*.npy")]:
+        """Delete the manifests and the shards (only files this class writes)."""
+        for path in [*self.dir.glob("manifest*.json"), *self.dir.glob("shard_*.npy")]:
             path.unlink()
 
     #############################################################################
@@ -183,21 +186,23 @@ class LatentCache:
     ) -> dict[str, int]:
         """Encode every video of `datasets` not yet in the cache; rebuild all when the settings changed.
 
-        Returns counts: "encoded" (this run), "cached" (already there), "failed" (unreadable, recorded).
+        Under torchrun every rank encodes its share of the videos into its own shards and its own partial
+        manifest (`manifest.rank<r>.json`, the resume point of that rank), and rank 0 folds the partial
+        manifests into the manifest at the end (or, after an interrupted run, at the next start).
+        Returns counts over all ranks: "encoded" (this run), "cached" (already there), "failed" (unreadable).
         """
         assert datasets, "build needs at least one dataset (split) to cache."
         settings = self.settings(datasets[0])
         for dataset in datasets[1:]:
             assert self.settings(dataset) == settings, "One cache's splits must share root and transform."
         self.check_autoencoder(autoencoder, settings["autoencoder"])
-        key = self.key(settings)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        device = join_torchrun(self.device)  # under torchrun: join its group, this rank's GPU
+        rank, world_size = rank_and_world_size()
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.start_manifest(settings)
+        barrier()  # the manifest is current before any rank reads it
         manifest = self.read_manifest()
-        if manifest is None or manifest["key"] != key:
-            if manifest is not None:
-                print(f"Latent cache {self.dir}: settings changed, rebuilding it.", file=sys.stderr)
-                self.clear()
-            manifest = {"key": key, "settings": settings, "shards": [], "videos": {}}
         todo: dict[str, tuple[DecodedVideos, int, str]] = {}
         for dataset in datasets:
             for i, record in enumerate(dataset.records):
@@ -206,15 +211,14 @@ class LatentCache:
                     todo[name] = (dataset, i, fingerprint)
         names = {dataset.relative_path(i) for dataset in datasets for i in range(len(dataset))}
         cached = len(names) - len(todo)
-        device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        )
+        mine = list(todo.items())[rank::world_size]
+        if world_size > 1:  # this rank's own manifest: its shards and videos, updated after each shard
+            manifest = {"key": manifest["key"], "shards": [], "videos": {}, "rank": rank}
         autoencoder.to(device)
         pending: list[tuple[str, str, np.ndarray]] = []
         failed = 0
-        for name, (dataset, i, fingerprint) in tqdm(
-            todo.items(), desc=f"Encoding videos into {self.dir}", unit="video", disable=not progress
-        ):
+        desc = f"Encoding videos into {self.dir}" + (f", rank {rank}/{world_size}" if world_size > 1 else "")
+        for name, (dataset, i, fingerprint) in tqdm(mine, desc=desc, unit="video", disable=not progress):
             try:
                 moments = self.encode_video(dataset, i, autoencoder, device)  # (n, views, 2, zc, h', w')
             except READ_ERRORS as error:
@@ -228,8 +232,36 @@ class LatentCache:
                 pending = []
         if pending:
             self.write_shard(manifest, pending)
+        write_json(self.manifest_path(manifest), manifest)
+        barrier()  # every rank's videos are in its partial manifest
+        if rank == 0 and world_size > 1:
+            self.start_manifest(settings)  # folds the partial manifests in
+        barrier()
+        encoded, failed = sum_over_ranks([len(mine) - failed, failed], device)
+        return {"encoded": encoded, "cached": cached, "failed": failed}
+
+    def manifest_path(self, manifest: dict[str, Any]) -> Path:
+        """Where `manifest` lives: the manifest, or a rank's partial manifest during a parallel build."""
+        return self.dir / (MANIFEST if "rank" not in manifest else f"manifest.rank{manifest['rank']}.json")
+
+    def start_manifest(self, settings: dict[str, Any]) -> None:
+        """Make the manifest current (rank 0): fold in the partial manifests of a parallel build, and start
+        over (delete manifest and shards) when the settings changed."""
+        key = self.key(settings)
+        manifest = self.read_manifest()
+        if manifest is not None and manifest["key"] != key:
+            print(f"Latent cache {self.dir}: settings changed, rebuilding it.", file=sys.stderr)
+            self.clear()
+            manifest = None
+        manifest = manifest or {"key": key, "settings": settings, "shards": [], "videos": {}}
+        for path in sorted(self.dir.glob("manifest.rank*.json")):
+            partial = json.loads(path.read_text())
+            if partial["key"] == key:  # a stale rank's shards went with clear() above
+                manifest["shards"] += partial["shards"]
+                manifest["videos"].update(partial["videos"])
         write_json(self.dir / MANIFEST, manifest)
-        return {"encoded": len(todo) - failed, "cached": cached, "failed": failed}
+        for path in self.dir.glob("manifest.rank*.json"):
+            path.unlink()
 
     def check_autoencoder(self, autoencoder: torch.nn.Module, identity: dict[str, Any]) -> None:
         """Fail unless `autoencoder` is the diffusers VAE the cache settings describe."""
@@ -269,8 +301,11 @@ class LatentCache:
         return torch.cat(blocks).numpy().astype(STORAGE_DTYPES[self.dtype])  # (n, views, 2, zc, h', w')
 
     def write_shard(self, manifest: dict[str, Any], pending: list[tuple[str, str, np.ndarray]]) -> None:
-        """Write the pending videos' moments as one new shard and record them in the manifest."""
-        name = f"shard_{len(manifest['shards']):05d}.npy"
+        """Write the pending videos' moments as one new shard and record them in the (partial) manifest."""
+        if "rank" in manifest:  # a parallel build: names no other rank or earlier run uses
+            name = f"shard_r{manifest['rank']:03d}_{uuid.uuid4().hex[:8]}_{len(manifest['shards']):05d}.npy"
+        else:
+            name = f"shard_{len(manifest['shards']):05d}.npy"
         temporary = self.dir / f"{name}.tmp"
         with open(temporary, "wb") as file:
             np.save(file, np.concatenate([moments for _, _, moments in pending]))
@@ -285,7 +320,7 @@ class LatentCache:
             }
             offset += len(moments)
         manifest["shards"].append(name)
-        write_json(self.dir / MANIFEST, manifest)  # an interrupted build resumes from here
+        write_json(self.manifest_path(manifest), manifest)  # an interrupted build resumes from here
 
     #############################################################################
     #                                  Reading                                  #

@@ -325,3 +325,48 @@ def test_training_from_the_cache_skips_the_encoder(tmp_path, root, vae_dir, monk
     header, *rows = [line.split(",") for line in csv.read_text().splitlines()]
     skipped = {row[header.index("data/skipped_videos")] for row in rows} - {""}
     assert skipped == {"2.0"}, "the corrupt and the too-short video are counted and logged"
+
+
+@pytest.mark.slow
+def test_torchrun_builds_the_cache_on_two_ranks_like_one_process(tmp_path, root, vae_dir):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    overrides = command(root, vae_dir, tmp_path / "two")
+    result = subprocess.run(
+        [*torchrun, "-m", "datamodules.cache_latents", *overrides, f"paths.log_dir={tmp_path}/logs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'encoded': 3, 'cached': 0, 'failed': 0" in result.stdout, "counts summed over the ranks"
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert {shard.split("_")[1] for shard in manifest["shards"]} == {"r000", "r001"}, "one shard per rank"
+    assert not list((tmp_path / "two").glob("manifest.rank*.json")), "the partial manifests are folded in"
+
+    one = cache(tmp_path / "one", vae_dir, dtype="float16", sample_posterior=False)  # the command's dtype
+    source = VideoDataModule(factory(), root=str(root), num_workers=0, **SIZES).build("train")
+    one.build([source], autoencoder(vae_dir), progress=False)
+    two = cache(tmp_path / "two", vae_dir, dtype="float16", sample_posterior=False)
+    assert two.build([source], autoencoder(vae_dir), progress=False)["encoded"] == 0, (
+        "complete after torchrun"
+    )
+    for i in range(len(source)):
+        indices = list(range(16))
+        torch.testing.assert_close(
+            two.dataset(source).load(i, indices, False), one.dataset(source).load(i, indices, False)
+        )
+
+
+def test_an_interrupted_parallel_build_is_folded_in_and_not_encoded_again(tmp_path, root, vae_dir):
+    latents = cache(tmp_path / "cache", vae_dir)
+    source = VideoDataModule(factory(), root=str(root), num_workers=0, **SIZES).build("train")
+    latents.build([source], autoencoder(vae_dir), progress=False)
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    partial_manifest = {"key": manifest["key"], "shards": manifest["shards"], "videos": manifest["videos"]}
+    (tmp_path / "cache" / "manifest.rank1.json").write_text(json.dumps({**partial_manifest, "rank": 1}))
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps({**manifest, "shards": [], "videos": {}}))
+    counts = latents.build([source], autoencoder(vae_dir), progress=False)  # as if rank 1 had been killed
+    assert counts == {"encoded": 0, "cached": 3, "failed": 0}, "rank 1's videos count as cached"
+    assert not list((tmp_path / "cache").glob("manifest.rank*.json"))
+    assert len(latents.dataset(source)) == 3
