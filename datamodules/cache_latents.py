@@ -4,7 +4,7 @@ instead of decoding and encoding videos at every step.
 
     python -m datamodules.cache_latents data=ucf101 autoencoder=sd_vae data.root=/datasets/UCF-101
     python train.py experiment=latte_ucf101 data.root=/datasets/UCF-101 data.use_latent_cache=true
-    torchrun --standalone --nproc_per_node=8 -m datamodules.cache_latents data=ucf101 ...   # one share per GPU
+    torchrun --standalone --nproc_per_node=8 -m datamodules.cache_latents data=ucf101 ...  # a share per GPU
 
 What is stored: for each frame after the deterministic spatial transform (resize/crop to the resolution), the
 posterior moments (mean, logvar) of the frame and, when the dataset flips clips, of its mirror image; shape
