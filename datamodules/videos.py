@@ -34,6 +34,7 @@ readable one (counted in `read_failures`, shared with the DataLoader workers; a 
 blank tensor.
 """
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -205,6 +206,25 @@ def count_frames(record: VideoRecord, threads: int = 1) -> int:
     return PROBED[key]
 
 
+def load_frame_counts(path: Path) -> None:
+    """Add the counts a frame-count file holds to PROBED (nothing if it is missing or unreadable)."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    PROBED.update({(file, size, mtime): count for file, size, mtime, count in entries})
+
+
+def save_frame_counts(path: Path, root: Path) -> None:
+    """Write PROBED's counts of the video files under `root` to `path` (atomically; any rank may)."""
+    prefix = str(root).rstrip(os.sep) + os.sep
+    entries = sorted([*key, count] for key, count in PROBED.items() if key[0].startswith(prefix))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(entries))
+    os.replace(temporary, path)
+
+
 #################################################################################
 #                                   Dataset                                     #
 #################################################################################
@@ -229,6 +249,7 @@ class DecodedVideos(Dataset):
         seed: int = 0,
         decode_threads: int = 1,
         probe_workers: int = 8,
+        frame_counts: str | None = None,
     ):
         """
         index: builder, index(root=Path, split=str) -> VideoIndex (see datamodules/index.py).
@@ -242,6 +263,8 @@ class DecodedVideos(Dataset):
         seed: seeds the clips of non-training splits.
         decode_threads: decord threads per reader (1 suits many DataLoader workers).
         probe_workers: threads that count frames while the index is built.
+        frame_counts: a JSON file that keeps the video files' frame counts (keyed by path, size and mtime)
+            between runs, so a restart, another split or another rank does not open every video again.
         """
         for name, value, low in [
             ("num_frames", num_frames, 1),
@@ -281,7 +304,12 @@ class DecodedVideos(Dataset):
         built = index(root=self.root, split=split)
         self.classes = built.classes
         self.check_labels(built)
+        if frame_counts is not None:
+            load_frame_counts(Path(frame_counts))
+        known = len(PROBED)
         self.records, self.lengths, self.skipped = self.probe(built, probe_workers)
+        if frame_counts is not None and len(PROBED) > known:  # new videos were counted: keep them
+            save_frame_counts(Path(frame_counts), self.root)
         self.bad: set[int] = set()  # items that failed while being read, in this process
         self._read_failures = torch.zeros((), dtype=torch.int64).share_memory_()  # workers count here too
 

@@ -28,6 +28,7 @@ from tests.helpers.fake_videos import (
     UCF_VIDEOS,
     decode_clip,
     make_all,
+    touch_later,
     write_frames,
     write_garbage,
     write_video,
@@ -219,6 +220,32 @@ def test_empty_dataset_fails_at_setup_not_later(tmp_path):
     )
     with pytest.warns(SkippedVideoWarning), pytest.raises(ValueError, match="'train' split .* empty"):
         dm.setup("fit")
+
+
+def test_frame_counts_are_kept_between_runs_and_redone_for_changed_videos(tmp_path, monkeypatch):
+    from datamodules import videos
+
+    folder = tmp_path / "train" / "videos"
+    for video_id, n in ((1, 50), (2, 52), (3, 48)):
+        write_video(folder / f"v{video_id}.mp4", video_id, n)
+    opened = []
+    reader = videos.decord.VideoReader
+    monkeypatch.setattr(
+        videos.decord, "VideoReader", lambda path, **kw: opened.append(path) or reader(path, **kw)
+    )
+    counts = tmp_path / "counts" / "ffs.json"
+    monkeypatch.setattr(videos, "PROBED", {})
+    first = ffs(tmp_path, frame_counts=str(counts))
+    assert len(opened) == 3 and sorted(first.lengths) == [48, 50, 52]
+
+    monkeypatch.setattr(videos, "PROBED", {})  # a new process: only the file remembers
+    touch_later(folder / "v2.mp4")
+    again = ffs(tmp_path, frame_counts=str(counts))
+    assert opened[3:] == [str(folder / "v2.mp4")], "unchanged videos are not opened again; changed ones are"
+    assert again.lengths == first.lengths
+    monkeypatch.setattr(videos, "PROBED", {})
+    ffs(tmp_path, frame_counts=str(counts))
+    assert len(opened) == 4, "the re-counted video was written back"
 
 
 def test_a_video_that_fails_while_reading_is_replaced_by_the_next(tmp_path):
