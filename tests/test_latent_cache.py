@@ -288,7 +288,7 @@ def test_command_composes_the_training_config_and_builds_the_cache(tmp_path, roo
 def test_command_line_runs_as_a_module(tmp_path, root, vae_dir):
     overrides = command(root, vae_dir, tmp_path / "cache")
     result = subprocess.run(
-        [sys.executable, "-m", "datamodules.cache_latents", *overrides, f"paths.log_dir={tmp_path}/logs"],
+        [sys.executable, "-m", "datamodules.cache_latents", *overrides, f"paths.root_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -332,7 +332,7 @@ def test_torchrun_builds_the_cache_on_two_ranks_like_one_process(tmp_path, root,
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     overrides = command(root, vae_dir, tmp_path / "two")
     result = subprocess.run(
-        [*torchrun, "-m", "datamodules.cache_latents", *overrides, f"paths.log_dir={tmp_path}/logs"],
+        [*torchrun, "-m", "datamodules.cache_latents", *overrides, f"paths.root_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
