@@ -45,7 +45,7 @@ from backbones.autoencoders import SD_VAE_SCALING_FACTOR, resolve_vae_path
 from datamodules.synthetic import clip_generator
 from datamodules.videos import READ_ERRORS, DecodedVideos, VideoRecord
 from utils.config import register_resolvers
-from utils.distributed import barrier, join_torchrun, rank_and_world_size, sum_over_ranks
+from utils.distributed import barrier, join_torchrun, leave_torchrun, rank_and_world_size, sum_over_ranks
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -450,6 +450,7 @@ def command_overrides(args: list[str]) -> list[str]:
 def main(cfg: DictConfig) -> None:
     """Compose the training config (data, autoencoder, paths) and build its latent cache."""
     build_latent_cache(cfg)
+    leave_torchrun()  # under torchrun: after a failure torchrun ends the other ranks
 
 
 if __name__ == "__main__":

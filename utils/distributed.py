@@ -38,3 +38,10 @@ def sum_over_ranks(values: list[int], device: torch.device) -> list[int]:
     tensor = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def leave_torchrun() -> None:
+    """Leave the process group, all ranks together (exiting with it alive can abort in its threads)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
