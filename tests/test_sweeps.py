@@ -33,9 +33,9 @@ def _fake_dit(path) -> None:
 def _multirun(tmp_path, sweep: str, *extra: str) -> subprocess.CompletedProcess:
     """``python train.py -m sweep=<sweep>`` on the tiny config, all output under ``tmp_path``."""
     overrides = [o for o in TINY if not o.startswith("logger=")]
-    args = [f"sweep={sweep}", *overrides, f"paths.weights_dir={tmp_path / 'weights'}", *extra]
-    args += [f"paths.log_dir={tmp_path / 'logs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    args = [f"sweep={sweep}", *overrides, *extra]  # as a user runs it: logs/ under the working directory
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env["LATTE_WEIGHTS_DIR"] = str(tmp_path / "weights")
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "-m", *args],
         cwd=tmp_path,
@@ -46,10 +46,17 @@ def _multirun(tmp_path, sweep: str, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def _sweep_dir(tmp_path):
+    """The one multirun folder the sweep made under ``logs/<task>/multiruns/``."""
+    (sweep,) = (tmp_path / "logs").glob("*/multiruns/*")
+    return sweep
+
+
 def _results(tmp_path, jobs: int) -> list[dict]:
     """The metrics.json every job of the sweep wrote."""
-    results = [json.loads((tmp_path / "sweep" / str(i) / "metrics.json").read_text()) for i in range(jobs)]
-    assert not (tmp_path / "sweep" / str(jobs)).exists(), "more jobs ran than the preset asks for"
+    sweep = _sweep_dir(tmp_path)
+    results = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(jobs)]
+    assert not (sweep / str(jobs)).exists(), "more jobs ran than the preset asks for"
     return results
 
 
@@ -63,7 +70,7 @@ def test_sweep_preset_runs_every_job(tmp_path, sweep):
     assert jobs >= 2
     for i, metrics in enumerate(_results(tmp_path, jobs)):
         assert math.isfinite(metrics["train/loss"]), (i, metrics)
-        run = logged_run(tmp_path / "sweep" / str(i) / "wandb")
+        run = logged_run(_sweep_dir(tmp_path) / str(i) / "wandb")
         assert run["group"] == sweep, "each sweep's runs are grouped by its name on wandb"
         swept = OmegaConf.load(CONF_DIR / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
         assert sorted(tag.split("=")[0] for tag in run["tags"]) == sorted(swept), run["tags"]
@@ -75,4 +82,4 @@ def test_sweep_through_submitit_local_launcher(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     results = _results(tmp_path, 3)
     assert all(math.isfinite(m["train/loss"]) for m in results)
-    assert (tmp_path / "sweep" / ".submitit").is_dir(), "jobs must have gone through submitit"
+    assert (_sweep_dir(tmp_path) / ".submitit").is_dir(), "jobs must have gone through submitit"

@@ -41,8 +41,13 @@ def stable_id(text: str) -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers the configs use (floordiv, sweep_choices, slurm_job, stable_id); idempotent."""
+    """Register the configs' resolvers (cwd, floordiv, sweep_choices, slurm_job, stable_id); idempotent.
+
+    ``${cwd:}`` is the folder the command was started in. Unlike ``${hydra:runtime.cwd}`` it resolves before
+    Hydra sets its runtime, e.g. in a multirun's ``hydra.sweep.dir``.
+    """
     resolvers = {
+        "cwd": os.getcwd,
         "floordiv": lambda a, b: int(a) // int(b),
         "sweep_choices": sweep_choices,
         "slurm_job": slurm_job,

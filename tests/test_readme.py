@@ -1,0 +1,125 @@
+"""The README's commands as written: CI runs its setup, quickstart and test lines; every multirun runs."""
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY
+
+README = ROOT / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README's ```bash blocks: continuation lines joined, trailing comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for command in re.sub(r"\\\n\s*", "", block).splitlines():
+            command = re.sub(r"\s+#.*$", "", command).strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def ci_lines() -> list[str]:
+    """The command lines of ``.ci/run``, comments dropped."""
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+#################################################################################
+#                        CI runs what the README says                           #
+#################################################################################
+
+
+def test_ci_runs_the_readme_setup_quickstart_and_test_commands_in_a_fresh_venv():
+    commands = readme_commands()
+    setup, quickstart = commands[0], commands[1]
+    assert setup.startswith("python -m venv .venv && . .venv/bin/activate"), (
+        "the README's first command must make and enter a fresh virtual environment"
+    )
+    assert 'pip install -e ".[dev]"' in setup
+    assert quickstart == "python train.py"
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command == "python -m pytest"
+    ci = ci_lines()
+    for command in (setup, quickstart, test_command):
+        assert command in ci, f".ci/run does not run the README's `{command}` as written"
+    order = [ci.index(c) for c in (setup, quickstart, test_command)]
+    assert order == sorted(order), "setup, then the quickstart, then the tests"
+    assert ci.index("rm -rf .venv") < order[0], "CI must start from a new virtual environment"
+    assert "deptry ." in ci and "ruff check ." in ci
+
+
+def test_git_ignores_what_a_run_writes():
+    ignored = subprocess.run(
+        ["git", "check-ignore", "data/frame_counts/x.json", "logs/x", ".venv/bin/python"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert ignored == ["data/frame_counts/x.json", "logs/x", ".venv/bin/python"]
+
+
+#################################################################################
+#                   Every multirun command, run as written                      #
+#################################################################################
+
+MULTIRUNS = [c for c in readme_commands() if c.startswith("python train.py -m ")]
+# tiny jobs, appended after the README's own arguments; no paths.* or hydra.* override
+SHRINK = [o for o in TINY if not o.startswith("logger=")]
+
+
+def _fake_slurm(bin_dir: Path, record: Path) -> None:
+    """An ``sbatch`` that keeps the script it was given and refuses to submit it (+ the ``srun`` submitit
+    looks for)."""
+    bin_dir.mkdir()
+    scripts = {
+        "sbatch": f'#!/bin/sh\ncp "$1" {record}\necho "fake sbatch: not submitted" >&2\nexit 1\n',
+        "srun": "#!/bin/sh\nexit 1\n",
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", MULTIRUNS, ids=range(len(MULTIRUNS)))
+def test_readme_multirun_command_runs_as_written(tmp_path, command):
+    assert "paths." not in command and "hydra.sweep" not in command
+    args = command.split()[3:]  # after `python train.py -m`
+    slurm = "hydra/launcher=submitit_slurm" in args
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
+    env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
+    record = tmp_path / "sbatch_script.sh"
+    if slurm:
+        _fake_slurm(tmp_path / "bin", record)
+        env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args, *SHRINK],
+        cwd=tmp_path,  # logs/ lands here, as it would in the repository root
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if slurm:  # runs up to the submission: the job script holds the README's resources
+        assert "fake sbatch: not submitted" in result.stderr, result.stderr[-3000:]
+        script = record.read_text()
+        for option in re.findall(r"hydra\.launcher\.(\w+)=(\S+)", command):
+            name, value = option
+            if name in ("nodes", "partition", "gpus_per_node", "cpus_per_task"):
+                assert f"--{name.replace('_', '-')}={value}" in script, (option, script)
+        return
+    assert result.returncode == 0, result.stderr[-4000:]
+    (sweep,) = (tmp_path / "logs").glob("*/multiruns/*")
+    jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
+    assert len(jobs) >= 2, f"{command} ran {len(jobs)} job(s)"
+    for job in jobs:
+        assert (job / "metrics.json").is_file(), f"job {job.name} wrote no metrics.json"
+        assert (job / "checkpoints" / "last.ckpt").is_file()
