@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from utils.config import register_resolvers
+from utils.lifecycle import run_logging
 from utils.run import train
 
 register_resolvers()
@@ -12,7 +13,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Fit, and return the metric a sweeper optimises (``optimized_metric``), if any."""
-    metrics = train(cfg)
+    with run_logging():  # the run log gets what the console shows; config mistakes read as one line
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric") or "")
 
 

@@ -123,3 +123,29 @@ def test_readme_multirun_command_runs_as_written(tmp_path, command):
     for job in jobs:
         assert (job / "metrics.json").is_file(), f"job {job.name} wrote no metrics.json"
         assert (job / "checkpoints" / "last.ckpt").is_file()
+
+
+#################################################################################
+#                      --help offers only real choices                          #
+#################################################################################
+
+
+def test_help_lists_every_real_choice_and_no_base_config(tmp_path):
+    from tests.conftest import compose_train
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    groups_text = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = dict(line.split(": ", 1) for line in groups_text.splitlines() if ": " in line)
+    choices = {group: names.split(", ") for group, names in groups.items()}
+    assert "latte_XL_2" in choices["backbone"] and "latte" not in choices["backbone"]
+    assert "synthetic" in choices["data"] and "videos" not in choices["data"]
+    assert choices["debug"] == ["fdr", "limit", "overfit"]
+    assert not any(name.startswith("_") for names in choices.values() for name in names)
+    assert "hydra" not in choices and "local" not in choices
+    for group, names in choices.items():  # every offered choice composes (the data roots stay unset)
+        config = "evaluate" if group in ("metrics", "real") else "train"  # evaluate.py's own groups
+        for name in names:
+            compose_train(tmp_path, [f"{group}={name}"], config_name=config)

@@ -40,13 +40,27 @@ def stable_id(text: str) -> str:
     return hashlib.sha1(str(text).encode()).hexdigest()[:16]
 
 
+def config_choices() -> str:
+    """One ``group: choice, ...`` line per config group, for ``--help``: without Hydra's own and the machine's
+    ``local`` group, and without the ``_*.yaml`` bases that choices inherit (``backbone/_latte.yaml``)."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    lines = []
+    for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        choices = sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+        if choices and group.split("/")[0] not in ("hydra", "local"):
+            lines.append(f"{group}: {', '.join(choices)}")
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
-    """Register the configs' resolvers (cwd, floordiv, sweep_choices, slurm_job, stable_id); idempotent.
+    """Register the configs' resolvers (config_choices, cwd, floordiv, sweep_choices, ...); idempotent.
 
     ``${cwd:}`` is the folder the command was started in. Unlike ``${hydra:runtime.cwd}`` it resolves before
     Hydra sets its runtime, e.g. in a multirun's ``hydra.sweep.dir``.
     """
     resolvers = {
+        "config_choices": config_choices,
         "cwd": os.getcwd,
         "floordiv": lambda a, b: int(a) // int(b),
         "sweep_choices": sweep_choices,

@@ -1,28 +1,41 @@
 """What ``train.py`` and ``sample.py`` run: build everything from the Hydra config, then fit or sample."""
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from backbones import load_official_latte
 from lightning_modules import LatteDiffusion
 from utils.config import instantiate_map
+from utils.lifecycle import USER_ERRORS, ConfigError, stop_on_signals
 from utils.video import video_grid, write_gif, write_mp4
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured module on the configured data; resume from ``cfg.ckpt_path`` when it is set, or
-    from the run folder's own newest checkpoint (a requeued SLURM job)."""
+    from the run folder's own newest checkpoint (a requeued SLURM job).
+
+    The data is built first, so a wrong dataset root or too few clips fails before any logger (wandb) starts.
+    SIGTERM or Ctrl+C saves the current step and exits with 128 + the signal (143, 130).
+    """
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     rank_zero_info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = instantiate(cfg.data)
+    try:
+        datamodule.setup("fit")  # Lightning's own setup call reuses these datasets
+    except USER_ERRORS as error:
+        raise ConfigError(str(error), key="data") from error
     rank_zero_info(f"Instantiating module <{cfg.module._target_}>")
     module = instantiate(cfg.module)
     module.save_hyperparameters(
@@ -32,13 +45,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_map(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
+    exit_code = 0
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with stop_on_signals() as stop:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        exit_code = stop.exit_code
+    except BaseException:
+        exit_code = 1
+        raise
     finally:
-        _finish_wandb()
+        _finish_wandb(exit_code)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if trainer.is_global_zero:  # the run's result, one file per sweep job
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if exit_code:
+        log.error(f"Stopped by signal {exit_code - 128} at step {trainer.global_step}; exit code {exit_code}")
+        raise SystemExit(exit_code)
     return metrics
 
 
@@ -126,11 +149,12 @@ def sample(cfg: DictConfig) -> list[Path]:
     return written
 
 
-def _finish_wandb() -> None:
-    """Close the wandb run so multirun jobs in one process each get their own run."""
+def _finish_wandb(exit_code: int = 0) -> None:
+    """Close the wandb run (marked failed for a non-zero exit code), so that multirun jobs in one process each
+    get their own run."""
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
