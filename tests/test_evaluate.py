@@ -83,7 +83,7 @@ def test_evaluate_a_folder_of_frame_folders_matches_the_suite_and_writes_json_an
     assert record["references"]["fvd"].startswith(str(weights_dir / "real_stats"))
 
 
-@pytest.mark.parametrize("real, stride", [("stylegan_v", 3), ("taichi", 6)])
+@pytest.mark.parametrize("real, stride", [(None, 6), ("stylegan_v", 3)])  # None: real=default, data's 6
 def test_evaluate_against_a_dataset_on_disk_reads_its_root_at_the_protocol_stride(
     tmp_path, weights_dir, real, stride
 ):
@@ -95,13 +95,35 @@ def test_evaluate_against_a_dataset_on_disk_reads_its_root_at_the_protocol_strid
         *(o for o in EVALUATE if not o.startswith("data.dataset.")),  # synthetic-only keys
         "data=taichi",
         f"data.root={tmp_path / 'taichi'}",
-        f"real={real}",
+        *([] if real is None else [f"real={real}"]),
         f"videos_dir={tmp_path / 'fake'}",
         f"paths.weights_dir={weights_dir}",
     ]
     record = evaluate(compose_train(tmp_path, overrides, config_name="evaluate"))
     assert record["num_real"] == 3 and record["values"]["fvd"] > 0
     assert Path(record["references"]["fvd"]).name.startswith(f"taichi-train-16px-4f-s{stride}-fvd")
+
+
+@pytest.mark.parametrize(
+    "overrides, stride",
+    [
+        (["data=taichi"], 6),  # real=default takes the data preset's real_frame_stride
+        (["data=ffs"], 3),
+        (["data=synthetic"], 3),
+        (["data=taichi", "real=stylegan_v"], 3),  # an explicit real= wins
+        (["data=ffs", "real=taichi"], 6),
+        (["data=taichi", "real.frame_stride=4"], 4),  # and so does an explicit stride
+    ],
+)
+def test_real_clip_stride_follows_the_data_preset_in_evaluate_and_the_metrics_callback(
+    tmp_path, overrides, stride
+):
+    evaluate_cfg = compose_train(tmp_path, overrides, config_name="evaluate")
+    callback = [o.replace("real=", "real@callbacks.metrics.real=") for o in overrides]
+    callback = [o.replace("real.", "callbacks.metrics.real.") for o in callback]
+    train_cfg = compose_train(tmp_path, ["callbacks=metrics", *callback])
+    assert evaluate_cfg.real.frame_stride == stride
+    assert train_cfg.callbacks.metrics.real.frame_stride == stride
 
 
 def test_evaluate_reads_mp4_files_at_a_stride_and_rejects_short_videos(tmp_path, weights_dir):
