@@ -11,8 +11,9 @@ Autoencoders are frozen: their parameters never require gradients, they stay in 
 LightningModule calls `.train()`, and encode/decode run under `torch.no_grad()` (not `inference_mode`, whose
 tensors could not be saved for the backbone's backward pass).
 
-Latte's convention (references/latte.md §3.1, §9 item 8): the SD kl-f8 VAE (`sd-vae-ft-ema`) encodes each
-frame independently, z = latent_dist.sample() * 0.18215 in training, and decodes z / 0.18215.
+Latte's convention (official Latte code: train.py at its release commit 8ce59df): the SD kl-f8 VAE
+(`sd-vae-ft-ema`) encodes each frame independently, z = latent_dist.sample() * 0.18215 in training, and
+decodes z / 0.18215.
 """
 
 import os

@@ -1,10 +1,11 @@
 """Latte: latent video diffusion transformer, with every ablation axis of the Latte paper as a choice.
 
-Written from the facts in references/latte.md §1 (Vchitect/Latte `models/latte.py`, `models/latte_img.py`)
-and the ablations of the Latte paper (its Fig. 6): 4 model variants, 2 patch embeddings, 2 ways to inject
-the timestep/class, 2 temporal position embeddings, ImageNet-DiT init (backbones/pretrained.py) and
-image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute) are the official model:
-its parameter names equal the official ones, so the released checkpoints load strictly.
+Written from the facts of the official Latte code (github.com/Vchitect/Latte: `models/latte.py`,
+`models/latte_img.py`) and the ablations of the Latte paper (its Fig. 6): 4 model variants, 2 patch
+embeddings, 2 ways to inject the timestep/class, 2 temporal position embeddings, ImageNet-DiT init
+(backbones/pretrained.py) and image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute)
+are the official model: its parameter names equal the official ones, so the released checkpoints load
+strictly.
 
 Videos are `b f c h w` (frames before channels) at the input and at the output. Inside, tokens are kept as
 (b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l tokens (the

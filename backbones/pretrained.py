@@ -1,6 +1,7 @@
 """Initialise the spatial parts of a Latte from an ImageNet DiT checkpoint (the paper's "ImageNet init").
 
-facebookresearch/DiT checkpoints use Latte's parameter names minus `temp_embed` (references/latte.md §1.3):
+facebookresearch/DiT checkpoints use Latte's parameter names minus `temp_embed` (DiT's `models.py` and the
+official Latte `models/latte.py` name their modules alike):
 `pos_embed` (1, P, D), `x_embedder.proj`, `t_embedder.mlp`, a 1000-class `y_embedder.embedding_table`
 (1001, D), `blocks.{i}.{attn,mlp,adaLN_modulation}` and `final_layer.{linear,adaLN_modulation}`.
 Spatial parts load by name; temporal blocks and temporal attentions keep their own initialisation.

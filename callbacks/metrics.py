@@ -3,10 +3,10 @@
 Every `every_n_steps` optimizer steps (and/or after each validation) every rank generates its share of
 `num_videos` videos with `module.sample` (EMA weights; `sampler` may be a faster one than the module's), the
 metrics sync across ranks, and the values go to every logger as `{prefix}/{name}` (`val/fvd`, `val/fid`,
-`val/kid`, `val/is`, plus `_std` where there is one). The sampler is named in a second copy of each value,
-`{prefix}/{name}_{sampler}` (e.g. `val/fvd_ddim50-eta0.0`), so numbers from different samplers never mix on
-one curve. Each evaluation also writes `dirpath/step_XXXXXXX.json` with the values, the sampler, the counts
-and the sha256 of every detector file; the same facts go to the loggers' hyperparameters once per fit.
+`val/kid_x1000`, `val/is`, plus `_std` where there is one). The sampler is named in a second copy of each
+value, `{prefix}/{name}_{sampler}` (e.g. `val/fvd_ddim50-eta0.0`), so numbers from different samplers never
+mix on one curve. Each evaluation also writes `dirpath/step_XXXXXXX.json` with the values, the sampler, the
+counts and the sha256 of every detector file; the same facts go to the loggers' hyperparameters once per fit.
 """
 
 import json

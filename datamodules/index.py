@@ -1,5 +1,6 @@
 """
-Index builders: which videos make up a split of each dataset, and their labels (references/latte.md §4).
+Index builders: which videos make up a split of each dataset, and their labels (the official Latte code's
+datasets/*_datasets.py read the same layouts).
 
 Every builder is called as `builder(root=Path, split=str) -> VideoIndex` (its other arguments are bound by
 Hydra with `_partial_: true`) and only lists files: frame counting, clip sampling and decoding are shared by

@@ -7,7 +7,8 @@ A video is a file decoded with decord (only the frames a clip needs) or a folder
 PIL. An item is {"video": (f, c, h, w) float in [-1, 1], "label": int64 scalar (only when conditional)},
 frames before channels like every dataset behind `VideoDataModule`.
 
-Clip sampling (references/latte.md §4.1), on `length` frames with span = num_frames * frame_interval:
+Clip sampling (official Latte code: datasets/video_transforms.py, TemporalRandomCrop, and the
+datasets/*_datasets.py __getitem__), on `length` frames with span = num_frames * frame_interval:
     start   = randint(0, max(0, length - span - 1))          inclusive, as Latte's TemporalRandomCrop
     window  = [start, min(start + span, length))
     linspace: np.linspace(start, end - 1, num_frames) cast to int -> offsets 0,3,6,...,43,47 for a 48-frame

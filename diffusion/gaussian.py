@@ -1,10 +1,10 @@
 """Gaussian diffusion over video latents ``b f c h w``: schedule, losses, DDPM/DDIM samplers and CFG.
 
-The semantics are those of IDDPM/DiT as used by Latte (written here from the papers and the facts in
-``references/latte.md`` §2): epsilon prediction, a learned-range variance (LEARNED_RANGE) when the model
-outputs ``2c`` channels, the loss MSE(eps) + VLB (bits, with eps detached), and timestep respacing that maps
-each respaced index back to its original timestep before calling the model. The channel axis is dim 2
-because videos are ``b f c h w`` (frames before channels).
+The semantics are those of IDDPM/DiT as used by Latte (written here from the papers and the facts of the
+official Latte code's ``diffusion/`` package, DiT's with the channel axis moved to dim 2): epsilon prediction,
+a learned-range variance (LEARNED_RANGE) when the model outputs ``2c`` channels, the loss MSE(eps) + VLB
+(bits, with eps detached), and timestep respacing that maps each respaced index back to its original timestep
+before calling the model. The channel axis is dim 2 because videos are ``b f c h w`` (frames before channels).
 
 A ``model`` is any callable ``model(x, t, **model_kwargs)`` taking ``x`` of shape ``b f c h w`` and ``t`` a
 LongTensor ``(b,)`` of original timesteps, and returning ``b f c_out h w`` with ``c_out = 2c`` (eps, then

@@ -124,8 +124,9 @@ class I3DTorchScript(Detector):
 class I3DVideoGPT(Detector):
     """VideoGPT's PyTorch I3D (`i3d_pretrained_400.pt`): frames resized to 224 bilinearly, [-1, 1], logits.
 
-    Preprocessing follows cd-fvd's `i3d` route (direct half-pixel bilinear resize, 2 x / 255 - 1), not
-    VideoGPT's own ([-0.5, 0.5] after a short-side resize and crop): see metrics.md §2.4.
+    Preprocessing follows cd-fvd's `i3d` route (cdfvd/third_party/i3d/utils.py: direct half-pixel bilinear
+    resize, 2 x / 255 - 1), not VideoGPT's own (videogpt/data.py, preprocess: a short-side resize and center
+    crop, then [-0.5, 0.5]).
     """
 
     weights_key = "i3d_pretrained_400"

@@ -123,8 +123,8 @@ class FrechetDistance(VideoMetric):
 class KernelDistance(VideoMetric):
     """KID: polynomial-kernel MMD^2 between generated and real features over random subsets.
 
-    Defaults follow StyleGAN-V's kid50k_full (100 subsets of at most 1000, kernel (x.y / d + 1)^3). `scale`
-    multiplies mean and std (1000 gives the "KID x 10^3" that papers print).
+    Defaults follow StyleGAN-V's kid50k_full (100 subsets of at most 1000, kernel (x.y / d + 1)^3), including
+    its report of KID x1000: `scale` multiplies mean and std, and the name says so (`kid_x1000`, `_std`).
     """
 
     higher_is_better = False
@@ -132,13 +132,13 @@ class KernelDistance(VideoMetric):
     def __init__(
         self,
         detector: Detector,
-        name: str = "kid",
+        name: str = "kid_x1000",
         num_subsets: int = 100,
         subset_size: int = 1000,
         degree: int = 3,
         gamma: float | None = None,
         coef: float = 1.0,
-        scale: float = 1.0,
+        scale: float = 1000.0,
         seed: int = 0,
         **kwargs,
     ):

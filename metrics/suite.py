@@ -49,7 +49,8 @@ def all_ranks_agree(flags: list[bool], device: torch.device) -> list[bool]:
 class MetricSuite:
     """Named video metrics sharing detectors; feeds them the first `num_frames` frames of every video.
 
-    The dict keys name the values (`{"fvd": ...}`, `{"kid": ..., "kid_std": ...}`) and the cache files.
+    The dict keys name the values (`{"fvd": ...}`, `{"kid_x1000": ..., "kid_x1000_std": ...}`) and the cache
+    files.
     Metrics whose detectors are identical (class, settings, file sha256) share one copy, run once per batch.
     """
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from datamodules import SyntheticVideos
-from metrics import C3DTorchScript, FrechetDistance, I3DTorchScript, MetricSuite, RealVideos
+from metrics import C3DTorchScript, FrechetDistance, I3DTorchScript, KernelDistance, MetricSuite, RealVideos
 from metrics.evaluation import evaluate
 from metrics.standins import TinyC3D, TinyVideoDetector, save_scripted
 from tests.conftest import ROOT, compose_train
@@ -83,7 +84,7 @@ def test_evaluate_a_folder_of_frame_folders_matches_the_suite_and_writes_json_an
     assert record["references"]["fvd"].startswith(str(weights_dir / "real_stats"))
 
 
-@pytest.mark.parametrize("real, stride", [("stylegan_v", 3), ("taichi", 6)])
+@pytest.mark.parametrize("real, stride", [(None, 6), ("stylegan_v", 3)])  # None: real=default, data's 6
 def test_evaluate_against_a_dataset_on_disk_reads_its_root_at_the_protocol_stride(
     tmp_path, weights_dir, real, stride
 ):
@@ -95,13 +96,57 @@ def test_evaluate_against_a_dataset_on_disk_reads_its_root_at_the_protocol_strid
         *(o for o in EVALUATE if not o.startswith("data.dataset.")),  # synthetic-only keys
         "data=taichi",
         f"data.root={tmp_path / 'taichi'}",
-        f"real={real}",
+        *([] if real is None else [f"real={real}"]),
         f"videos_dir={tmp_path / 'fake'}",
         f"paths.weights_dir={weights_dir}",
     ]
     record = evaluate(compose_train(tmp_path, overrides, config_name="evaluate"))
     assert record["num_real"] == 3 and record["values"]["fvd"] > 0
     assert Path(record["references"]["fvd"]).name.startswith(f"taichi-train-16px-4f-s{stride}-fvd")
+
+
+@pytest.mark.parametrize(
+    "overrides, stride",
+    [
+        (["data=taichi"], 6),  # real=default takes the data preset's real_frame_stride
+        (["data=ffs"], 3),
+        (["data=synthetic"], 3),
+        (["data=taichi", "real=stylegan_v"], 3),  # an explicit real= wins
+        (["data=ffs", "real=taichi"], 6),
+        (["data=taichi", "real.frame_stride=4"], 4),  # and so does an explicit stride
+    ],
+)
+def test_real_clip_stride_follows_the_data_preset_in_evaluate_and_the_metrics_callback(
+    tmp_path, overrides, stride
+):
+    evaluate_cfg = compose_train(tmp_path, overrides, config_name="evaluate")
+    callback = [o.replace("real=", "real@callbacks.metrics.real=") for o in overrides]
+    callback = [o.replace("real.", "callbacks.metrics.real.") for o in callback]
+    train_cfg = compose_train(tmp_path, ["callbacks=metrics", *callback])
+    assert evaluate_cfg.real.frame_stride == stride
+    assert train_cfg.callbacks.metrics.real.frame_stride == stride
+
+
+def test_kid_is_reported_x1000_under_a_name_that_says_so(tmp_path, weights_dir):
+    evaluate_cfg = compose_train(tmp_path, [], config_name="evaluate")
+    assert list(evaluate_cfg.metrics.metrics) == ["fvd", "fid", "kid_x1000"]
+    train_cfg = compose_train(tmp_path, ["callbacks=metrics", "metrics@callbacks.metrics.suite=kid"])
+    assert list(train_cfg.callbacks.metrics.suite.metrics) == ["kid_x1000"]  # logged as val/kid_x1000
+
+    detector = I3DTorchScript(weights_dir=str(weights_dir))  # a light stand-in for the InceptionV3
+    kid_cfg = evaluate_cfg.metrics.metrics.kid_x1000
+    scaled = instantiate(kid_cfg, detector=detector, subset_size=8, num_subsets=4)
+    raw = KernelDistance(detector, num_subsets=4, subset_size=8, scale=1.0)
+    generated, real = torch.randn(2, 12, detector.num_features, generator=torch.Generator().manual_seed(0))
+    values = {}
+    for name, metric in (("kid_x1000", scaled), ("kid", raw)):
+        suite = MetricSuite({name: metric})  # the key names the values
+        metric.set_reference({"features": real})
+        metric.update(features=generated)
+        values |= suite.compute()
+    assert set(values) == {"kid_x1000", "kid_x1000_std", "kid", "kid_std"}
+    assert values["kid_x1000"] == pytest.approx(1000 * values["kid"], rel=1e-9) and values["kid"] != 0
+    assert values["kid_x1000_std"] == pytest.approx(1000 * values["kid_std"], rel=1e-9)
 
 
 def test_evaluate_reads_mp4_files_at_a_stride_and_rejects_short_videos(tmp_path, weights_dir):

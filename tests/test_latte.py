@@ -1,4 +1,4 @@
-"""Tests for backbones/latte.py against the official Latte facts (references/latte.md §1).
+"""Tests for backbones/latte.py against the facts of the official Latte code (its models/latte.py).
 
 The reference forward below is written independently from the formulas (explicit softmax attention,
 numpy sin-cos tables, reshape/einsum unpatchify) and reads weights by their official names.
@@ -16,7 +16,8 @@ from backbones.latte import LATTE_SIZES, Latte, load_official_latte
 TINY = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)
 TINY_DEPTH, TINY_HIDDEN, TINY_HEADS = 4, 128, 4
 
-# references/latte.md §1.2: (trainable, trainable + frozen pos/temp) for learn_sigma, F=16, input 32, uncond.
+# The official Latte_models (models/latte.py), built and counted: (trainable, trainable + frozen pos/temp)
+# for learn_sigma, F=16, input 32, unconditional.
 PAPER_PARAM_COUNTS = {
     ("S", 2): (32_480_672, 32_585_120),
     ("S", 4): (32_536_064, 32_566_784),
@@ -36,7 +37,7 @@ PAPER_PARAM_COUNTS = {
 def official_layout(
     depth: int, hidden: int, patch: int, input_size: int, in_channels: int, frames: int, classes: int
 ) -> dict[str, tuple[int, ...]]:
-    """Official state_dict names and shapes (references/latte.md §1.3), learn_sigma=True, mlp_ratio 4."""
+    """Official state_dict names and shapes (models/latte.py, Latte), learn_sigma=True, mlp_ratio 4."""
     d, out = hidden, 2 * in_channels
     layout = {
         "pos_embed": (1, (input_size // patch) ** 2, d),
@@ -73,14 +74,14 @@ def official_layout(
 
 
 def ref_sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    """§1.8: [sin(pos*w), cos(pos*w)] with w_k = 1 / 10000^(k / (dim/2))."""
+    """Official get_1d_sincos_pos_embed_from_grid: [sin(pos*w), cos(pos*w)], w_k = 1 / 10000^(k / (dim/2))."""
     omega = 1.0 / 10000 ** (np.arange(dim // 2) / (dim / 2))
     angles = np.outer(positions, omega)
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
 def ref_sincos_2d(dim: int, grid: int) -> np.ndarray:
-    """§1.8: row-major tokens; first half encodes the column, second half the row."""
+    """Official get_2d_sincos_pos_embed: row-major tokens; first half = column, second half = row."""
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     return np.concatenate([ref_sincos_1d(dim // 2, cols), ref_sincos_1d(dim // 2, rows)], axis=1)
 
@@ -88,7 +89,7 @@ def ref_sincos_2d(dim: int, grid: int) -> np.ndarray:
 def reference_forward(
     sd: dict, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, heads: int, patch: int
 ) -> torch.Tensor:
-    """Latte forward in float64 from the official state dict (§1.4-§1.7), b f c h w in and out."""
+    """Latte forward in float64 from the official state dict (as the official Latte.forward), b f c h w."""
     w = {k: v.double() for k, v in sd.items()}
     b, f, c, h, _ = x.shape
     d, grid, depth = (

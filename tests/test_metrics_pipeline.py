@@ -143,10 +143,13 @@ def test_fid_and_kid_share_one_inception_pass_and_match_torchmetrics_extractor(t
     weights = random_inception_weights(tmp_path / "w" / "weights-inception-2015-12-05-6726825d.pth")
     detector = partial(InceptionV3, weights_dir=str(tmp_path / "w"))
     suite = MetricSuite(
-        {"fid": FrechetDistance(detector()), "kid": KernelDistance(detector(), num_subsets=3, subset_size=6)},
+        {
+            "fid": FrechetDistance(detector()),
+            "kid_x1000": KernelDistance(detector(), num_subsets=3, subset_size=6),
+        },
         2,
     )
-    assert suite.metrics["fid"].detector is suite.metrics["kid"].detector
+    assert suite.metrics["fid"].detector is suite.metrics["kid_x1000"].detector
     real = RealVideos(synthetic(2), resolution=16, num_videos=2, batch_size=2, num_workers=0)
     suite.prepare_reference(real, progress=False)
     fake = torch.rand(2, 2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -163,7 +166,7 @@ def test_fid_and_kid_share_one_inception_pass_and_match_torchmetrics_extractor(t
         suite.metrics["fid"].reference["mean"], real_features.mean(0), rtol=1e-5, atol=1e-5
     )
     assert values["fid"] == pytest.approx(low_rank_frechet(fake_features, real_features), rel=1e-4)
-    assert np.isfinite(values["kid"]) and values["kid_std"] >= 0
+    assert np.isfinite(values["kid_x1000"]) and values["kid_x1000_std"] >= 0
 
 
 @pytest.mark.slow  # InceptionV3 at 299 px and a 2048-d eigen-decomposition on a 2-core CPU
