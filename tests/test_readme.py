@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -56,14 +57,48 @@ def test_ci_runs_the_readme_setup_quickstart_and_test_commands_in_a_fresh_venv()
     assert "deptry ." in ci and "ruff check ." in ci
 
 
-def test_git_ignores_what_a_run_writes():
+def test_git_ignores_what_a_run_writes_and_nothing_else():
     ignored = subprocess.run(
-        ["git", "check-ignore", "data/frame_counts/x.json", "logs/x", ".venv/bin/python"],
+        [
+            "git",
+            "check-ignore",
+            "data/frame_counts/x.json",
+            "logs/x",
+            ".venv/bin/python",
+            "conf/data/new.yaml",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
     ).stdout.split()
-    assert ignored == ["data/frame_counts/x.json", "logs/x", ".venv/bin/python"]
+    assert ignored == ["data/frame_counts/x.json", "logs/x", ".venv/bin/python"], "conf/data/ is config"
+
+
+@pytest.mark.slow
+def test_a_train_run_leaves_git_status_clean(tmp_path):
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    repo = tmp_path / "repo"
+    for name in tracked:  # the checkout as committed, in a repository of its own
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git[:5], "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "checkout"], check=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = subprocess.run(
+        [sys.executable, "train.py", *[o for o in TINY if not o.startswith("logger=")], "logger=[wandb,csv]"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (repo / "logs").is_dir()
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout
+    assert status == "", f"a run left files git sees:\n{status}"
 
 
 #################################################################################
