@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from backbones import load_official_latte
 from lightning_modules import LatteDiffusion
 from utils.config import instantiate_map
+from utils.files import load_file
 from utils.video import video_grid, write_gif, write_mp4
 
 
@@ -57,11 +58,12 @@ def checkpoint_in_run_folder(output_dir: Path) -> str | None:
     return str(newest)
 
 
+OUR_OR_OFFICIAL = "a checkpoint of this framework or an official Latte file"
+
+
 def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
     """A module from one of our Lightning checkpoints or an official Latte release file (``{"ema": ...}``)."""
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_file(ckpt_path, OUR_OR_OFFICIAL)
     overrides = {"sampler": instantiate(cfg.sampler)}
     if cfg.get("autoencoder") is not None:
         overrides["autoencoder"] = instantiate(cfg.autoencoder)
@@ -74,6 +76,11 @@ def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
         module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
         module.load_state_dict(checkpoint["state_dict"])
         return module
+    if "ema" not in checkpoint and "model" not in checkpoint:
+        raise ValueError(
+            f"{ckpt_path} is not {OUR_OR_OFFICIAL} (it holds {sorted(map(str, checkpoint))[:8]}: neither a "
+            "'state_dict' with its run's 'hyper_parameters' nor an 'ema' or 'model' state dict)"
+        )
     official = cfg.official
     backbone = load_official_latte(
         checkpoint,

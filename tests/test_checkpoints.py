@@ -1,0 +1,156 @@
+"""Checkpoints are read without running code from them; unreadable files fail in one line naming the file."""
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, compose_train
+from utils.checkpoint import AtomicCheckpointIO
+from utils.run import load_module, train
+
+OURS_OR_OFFICIAL = "is not a checkpoint of this framework or an official Latte file ("
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The last checkpoint of a tiny 4-step run trained with the progressive noise prior."""
+    root = tmp_path_factory.mktemp("trained")
+    train(compose_train(root, [*TINY, "noise_prior=progressive"]))
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+def sample_cfg(tmp_path: Path, ckpt: Path, *overrides: str):
+    """sample.yaml for ``ckpt``, composed as ``python sample.py ckpt_path=<ckpt> <overrides>`` would."""
+    return compose_train(tmp_path, [f"ckpt_path={ckpt}", *overrides], config_name="sample")
+
+
+class RunsCode:
+    """An object whose unpickling runs code: it writes ``marker`` (as a hostile checkpoint would do worse)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+#################################################################################
+#                       Loading runs no code from the file                      #
+#################################################################################
+
+
+def test_every_checkpoint_of_a_run_loads_with_weights_only(trained):
+    written = sorted(trained.parent.glob("*.ckpt"))
+    assert [p.name for p in written] == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    for path in written:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # raises on any pickled object
+        assert type(checkpoint["hyper_parameters"]) is dict  # not Lightning's AttributeDict
+        assert checkpoint["hyper_parameters"]["config"]["noise_prior"]["_target_"].endswith(
+            "ProgressiveNoise"
+        )
+        assert checkpoint["optimizer_states"] and checkpoint["callbacks"], "resume state is in the file"
+
+
+def test_a_checkpoint_whose_loading_would_run_code_is_refused_by_sampling_and_resuming(tmp_path, trained):
+    marker = tmp_path / "code-ran"
+    hostile = torch.load(trained, map_location="cpu", weights_only=True)
+    hostile["hyper_parameters"]["note"] = RunsCode(marker)
+    path = tmp_path / "hostile.ckpt"
+    torch.save(hostile, path)
+    torch.load(path, weights_only=False)  # the danger is real: an unrestricted load runs the code ...
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(ValueError) as sampling:
+        load_module(str(path), sample_cfg(tmp_path / "s", path))
+    with pytest.raises(ValueError) as resuming:
+        train(compose_train(tmp_path / "t", [*TINY, f"ckpt_path={path}"]))
+    for error, what in ((sampling, OURS_OR_OFFICIAL), (resuming, "is not a checkpoint of this framework (")):
+        message = str(error.value)
+        assert message.startswith(f"{path} {what}"), message
+        assert "pickled exec" in message and "could run code" in message and "\n" not in message, message
+    assert not marker.exists(), "... and neither sampling nor resuming ran it"
+
+
+#################################################################################
+#                  Unreadable files fail in one line naming them                #
+#################################################################################
+
+
+def _unreadable(tmp_path: Path, kind: str) -> Path:
+    """A file that is not what it should be: random bytes, a cut zip, empty, a list, a dict of other keys."""
+    path = tmp_path / f"{kind}.pt"
+    if kind == "random":
+        path.write_bytes(random.Random(0).randbytes(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        saved = {
+            "truncated": {"weights": torch.ones(3)},
+            "list": [torch.ones(3)],
+            "other": {"w": torch.ones(3)},
+        }
+        torch.save(saved[kind], path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "cause"),
+    [
+        ("random", "not a file of torch.save"),
+        ("truncated", "zip archive"),
+        ("empty", "empty or cut short"),
+        ("list", "it holds a list, not a dict"),
+        ("other", "neither a 'state_dict'"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_fails_in_one_line_naming_it(tmp_path, kind, cause):
+    path = _unreadable(tmp_path, kind)
+    with pytest.raises(ValueError) as error:
+        load_module(str(path), sample_cfg(tmp_path, path))
+    message = str(error.value)
+    assert message.startswith(f"{path} {OURS_OR_OFFICIAL}") and cause in message, message
+    assert "\n" not in message and "weights_only=False" not in message, message
+
+
+def test_resuming_from_an_unreadable_file_fails_in_one_line_naming_it(tmp_path):
+    path = _unreadable(tmp_path, "random")
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(path))} is not a checkpoint of this framework \(not"
+    ):
+        AtomicCheckpointIO().load_checkpoint(path)  # what trainer.fit(ckpt_path=...) calls
+    other = _unreadable(tmp_path, "other")
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(other))} is not a checkpoint of this framework \(no"
+    ):
+        AtomicCheckpointIO().load_checkpoint(other)
+
+
+def test_unreadable_weight_files_fail_in_one_line_naming_them(tmp_path):
+    from backbones.pretrained import read_dit_state_dict
+    from metrics.detectors import C3DTorchScript, I3DTorchScript, I3DVideoGPT, InceptionV3
+
+    broken = _unreadable(tmp_path, "truncated")
+    cases = {
+        "VideoGPT's PyTorch I3D": lambda: I3DVideoGPT(path=str(broken)),
+        "StyleGAN-V's I3D TorchScript": lambda: I3DTorchScript(path=str(broken)),
+        "StyleGAN-V's C3D TorchScript": lambda: C3DTorchScript(path=str(broken)),
+        "torch-fidelity's InceptionV3": lambda: InceptionV3(path=str(broken)),
+        "a DiT state dict": lambda: read_dit_state_dict(broken),
+    }
+    for what, load in cases.items():
+        with pytest.raises(ValueError) as error:
+            load()
+        message = str(error.value)
+        assert message.startswith(f"{broken} is not {what}") and "zip archive" in message, message
+        assert "\n" not in message, message
+    wrong = _unreadable(tmp_path, "other")  # readable, but not the network's tensors
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(wrong))} is not VideoGPT's PyTorch I3D.*Missing key"
+    ):
+        I3DVideoGPT(path=str(wrong))
