@@ -1,5 +1,8 @@
-"""Checkpoints are read without running code from them; unreadable files fail in one line naming the file."""
+"""Checkpoints are read without running code from them, unreadable files fail in one line naming the file, and
+checkpoints are written atomically."""
 
+import errno
+import os
 import random
 import re
 from pathlib import Path
@@ -154,3 +157,72 @@ def test_unreadable_weight_files_fail_in_one_line_naming_them(tmp_path):
         ValueError, match=rf"^{re.escape(str(wrong))} is not VideoGPT's PyTorch I3D.*Missing key"
     ):
         I3DVideoGPT(path=str(wrong))
+
+
+#################################################################################
+#                                 Atomic writes                                 #
+#################################################################################
+
+
+def _fail_after_writing(error: BaseException):
+    """A torch.save that writes part of the file and then fails with ``error``."""
+
+    def save(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise error
+
+    return save
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "(No space left on device)"),
+        (
+            RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+            "file write failed",
+        ),
+    ],
+)
+def test_a_failed_checkpoint_write_removes_its_temporary_file_and_names_the_path(
+    tmp_path, monkeypatch, error, cause
+):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    monkeypatch.setattr(torch, "save", _fail_after_writing(error))
+    with pytest.raises(OSError) as raised:
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    assert f"could not write the checkpoint {path} " in str(raised.value) and cause in str(raised.value)
+    assert raised.value.__cause__ is error
+    assert raised.value.errno == getattr(error, "errno", None)
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file stays"
+    assert torch.load(path, weights_only=True) == {"step": 1}, "the previous checkpoint is intact"
+
+
+def test_a_checkpoint_folder_without_write_permission_fails_naming_the_path(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+
+    def denied(src, dst):  # root ignores chmod, so the refusal is simulated where it would come
+        raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", denied)
+    message = rf"could not write the checkpoint {re.escape(str(path))} \(Permission denied\)"
+    with pytest.raises(OSError, match=message) as raised:
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    assert raised.value.errno == errno.EACCES
+    assert list(tmp_path.iterdir()) == [], "the temporary file written before the rename is removed"
+
+
+def test_a_failing_loss_curve_does_not_replace_the_error_that_stopped_training(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    nan_at_step_3 = ["backbone._target_=tests.helpers.nan_backbone.NaNAfter", "+backbone.nan_after=3"]
+    cfg = compose_train(tmp_path, [*TINY, "trainer.max_steps=10", *nan_at_step_3])
+    with pytest.warns(UserWarning, match="could not write the loss curve .*No space left on device"):
+        with pytest.raises(FloatingPointError, match="train/loss is nan at step 3"):
+            train(cfg)

@@ -1,5 +1,6 @@
 """Checkpoint I/O for the Trainer: written without leaving half a file, read without running code from it."""
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "file" not in get_filesystem(path).protocol:
             return super().save_checkpoint(checkpoint, path, storage_options)  # remote: no rename semantics
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # no half-written file stays behind
+            if not isinstance(error, (OSError, RuntimeError)):  # e.g. KeyboardInterrupt: as it was
+                raise
+            # torch.save may report a full disk as a RuntimeError from its zip writer: an OSError either way
+            errno = getattr(error, "errno", None)
+            cause = getattr(error, "strerror", None) or str(error)
+            message = f"could not write the checkpoint {path} ({cause}); a file already there is unchanged"
+            raise (OSError(errno, message) if errno else OSError(message)) from error
 
     def load_checkpoint(
         self,
