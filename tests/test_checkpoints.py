@@ -1,16 +1,19 @@
-"""Checkpoints are read without running code from them, unreadable files fail in one line naming the file, and
-checkpoints are written atomically."""
+"""Checkpoints: read without running code from them, unreadable files fail in one line naming the file,
+written atomically, and sample.py applies the sampling-time overrides to a train.py checkpoint."""
 
 import errno
 import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TINY, compose_train
+from diffusion.noise_priors import MixedNoise, ProgressiveNoise
+from tests.conftest import ROOT, TINY, compose_train
 from utils.checkpoint import AtomicCheckpointIO
 from utils.run import load_module, train
 
@@ -28,6 +31,12 @@ def trained(tmp_path_factory) -> Path:
 def sample_cfg(tmp_path: Path, ckpt: Path, *overrides: str):
     """sample.yaml for ``ckpt``, composed as ``python sample.py ckpt_path=<ckpt> <overrides>`` would."""
     return compose_train(tmp_path, [f"ckpt_path={ckpt}", *overrides], config_name="sample")
+
+
+def run_sample_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python sample.py <args>`` as a user runs it, writing under ``tmp_path``."""
+    command = [sys.executable, str(ROOT / "sample.py"), f"paths.root_dir={tmp_path}", *args]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 class RunsCode:
@@ -226,3 +235,71 @@ def test_a_failing_loss_curve_does_not_replace_the_error_that_stopped_training(t
     with pytest.warns(UserWarning, match="could not write the loss curve .*No space left on device"):
         with pytest.raises(FloatingPointError, match="train/loss is nan at step 3"):
             train(cfg)
+
+
+#################################################################################
+#                        sample.py / evaluate.py overrides                      #
+#################################################################################
+
+
+def test_sampling_uses_the_trained_noise_prior_unless_one_is_given(tmp_path, trained):
+    kept = load_module(str(trained), sample_cfg(tmp_path, trained), overrides=[])
+    assert isinstance(kept.noise_prior, ProgressiveNoise), "sample.yaml's default (iid) is not a choice"
+    given = load_module(
+        str(trained), sample_cfg(tmp_path, trained, "noise_prior=mixed"), ["noise_prior=mixed"]
+    )
+    assert isinstance(given.noise_prior, MixedNoise)
+
+
+@pytest.mark.slow  # a subprocess that samples: ~20 s on a 2-core CPU
+def test_sample_py_samples_with_the_noise_prior_given_on_the_command_line(tmp_path, trained):
+    args = [
+        f"ckpt_path={trained}",
+        "noise_prior=mixed",
+        "sampler.num_steps=2",
+        "num_videos=1",
+        "batch_size=1",
+    ]
+    result = run_sample_py(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "noise prior MixedNoise(alpha=1.0) (given on the command line)" in result.stdout + result.stderr
+    (run,) = (tmp_path / "logs" / "sample" / "runs").iterdir()
+    assert (run / "grid.mp4").is_file()
+
+
+def test_sample_py_refuses_to_change_the_trained_backbone(tmp_path, trained):
+    result = run_sample_py(tmp_path, f"ckpt_path={trained}", "backbone.variant=3")
+    assert result.returncode != 0
+    assert "ValueError: backbone.variant cannot be overridden when sampling a train.py checkpoint" in (
+        result.stderr
+    ), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "backbone=latte_B_2",
+        "diffusion.learn_sigma=false",
+        "++diffusion.num_timesteps=500",
+        "module.ema_decay=0.5",
+    ],
+)
+def test_overrides_of_the_trained_model_are_refused_naming_the_key(tmp_path, trained, override):
+    key = override.split("=")[0].lstrip("+")
+    with pytest.raises(
+        ValueError, match=rf"^{key} cannot be overridden when sampling a train\.py checkpoint"
+    ):
+        load_module(str(trained), sample_cfg(tmp_path, trained), overrides=[override])
+
+
+def test_a_backbone_override_on_an_official_file_points_to_official(tmp_path):
+    from backbones import Latte
+
+    path = tmp_path / "ffs.pt"
+    latte = Latte(size="tiny", patch_size=4, input_size=16, in_channels=3, num_frames=4)
+    torch.save({"ema": latte.state_dict()}, path)
+    cfg = sample_cfg(tmp_path, path, "autoencoder=identity")
+    with pytest.raises(
+        ValueError, match=r"^backbone\.variant does not apply to an official Latte file.*official\."
+    ):
+        load_module(str(path), cfg, overrides=["backbone.variant=3"])
