@@ -24,6 +24,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from backbones.pretrained import load_dit_init
+from utils.files import load_file
 
 LATTE_SIZES: dict[str, dict] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -812,7 +813,7 @@ def load_official_latte(
     size, patch_size = _parse_model_name(model)
     checkpoint = path_or_state_dict
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = load_file(checkpoint, "an official Latte file")
     _require(
         isinstance(checkpoint, Mapping), f"a Latte checkpoint is a dict, got {type(checkpoint).__name__}"
     )

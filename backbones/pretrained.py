@@ -9,13 +9,14 @@ Spatial parts load by name; temporal blocks and temporal attentions keep their o
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from utils.files import load_file
 
 if TYPE_CHECKING:
     from backbones.latte import Latte
@@ -35,13 +36,9 @@ def read_dit_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, Any
                 f"no ImageNet DiT checkpoint at {str(path)!r} (pretrained_dit): download DiT-XL-2-256x256.pt "
                 f"from {DIT_URL} and pass its path"
             )
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{str(path)!r} holds more than tensors (e.g. a DiT training checkpoint with its argparse "
-                "args); save its 'ema' state dict alone with torch.save and pass that file"
-            ) from error
+        checkpoint = load_file(  # a DiT training checkpoint also holds its argparse args: refused
+            path, "a DiT state dict (pretrained_dit; of a DiT training checkpoint, save its 'ema' alone)"
+        )
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"a DiT checkpoint is a dict of tensors, got {type(checkpoint).__name__}")
     for wrapper in ("ema", "model"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 
 class LossCurve(Callback):
@@ -30,7 +30,10 @@ class LossCurve(Callback):
         self.plot(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.plot(trainer)
+        try:
+            self.plot(trainer)
+        except Exception as error:  # e.g. a full disk: the error that stopped the run stays the one raised
+            rank_zero_warn(f"could not write the loss curve {self.path} after the run failed: {error!r}")
 
     @rank_zero_only
     def plot(self, trainer: Trainer) -> Path | None:

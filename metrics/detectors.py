@@ -8,6 +8,7 @@ evaluates in full fp32.
 """
 
 import contextlib
+import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from metrics.i3d import InceptionI3d, i3d_preprocess
 from metrics.weights import WEIGHTS, checked_sha256, resolve_weights
+from utils.files import load_file, reading
 from utils.video import to_uint8
 
 #################################################################################
@@ -46,9 +48,9 @@ def full_fp32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
-def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+def load_torchscript(path: Path, what: str) -> torch.jit.ScriptModule:
     """Load a TorchScript detector on the CPU in eval mode, without the TorchScript deprecation warning."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), reading(path, what):
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu").eval()
 
@@ -64,6 +66,7 @@ class Detector(nn.Module):
         super().__init__()
         self.path = resolve_weights(self.weights_key, path, weights_dir)
         self.sha256 = checked_sha256(self.weights_key, self.path)
+        self.what = WEIGHTS[self.weights_key].description  # what the file is, for errors naming it
 
     def describe(self) -> dict:
         """What identifies this detector's features: class, settings, file name and sha256 (not its path)."""
@@ -114,7 +117,7 @@ class I3DTorchScript(Detector):
         """num_features: 400 for the real file (the time-averaged Kinetics logits); stand-ins may differ."""
         super().__init__(path, weights_dir)
         self.num_features = num_features
-        self.model = load_torchscript(self.path)
+        self.model = load_torchscript(self.path, self.what)
 
     def extract(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.permute(0, 2, 1, 3, 4).contiguous()  # (b, 3, f, h, w) uint8, the detector's layout
@@ -136,7 +139,8 @@ class I3DVideoGPT(Detector):
         super().__init__(path, weights_dir)
         self.bn_eps = bn_eps
         self.model = InceptionI3d(num_classes=400, bn_eps=bn_eps).eval()
-        self.model.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True), strict=True)
+        with reading(self.path, self.what):  # tensors that do not fit: one line naming the file
+            self.model.load_state_dict(load_file(self.path, self.what), strict=True)
         self.model.requires_grad_(False)
 
     def settings(self) -> dict:
@@ -171,12 +175,16 @@ class InceptionV3(Detector):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.antialias = antialias
-        self.model = NoTrainInceptionV3(
-            name="inception-v3-compat",
-            features_list=["2048"],
-            feature_extractor_weights_path=str(self.path),
-            antialias=antialias,
-        )
+        weights = io.BytesIO()  # torch-fidelity torch.loads its path with weights_only=False: hand it the
+        torch.save(load_file(self.path, self.what), weights)  # tensors read here with weights_only=True
+        weights.seek(0)
+        with reading(self.path, self.what):
+            self.model = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048"],
+                feature_extractor_weights_path=weights,
+                antialias=antialias,
+            )
 
     def settings(self) -> dict:
         return {"antialias": self.antialias}
@@ -201,7 +209,7 @@ class C3DTorchScript(Detector):
         super().__init__(path, weights_dir)
         self.num_features = num_classes
         self.softmax = softmax
-        self.model = load_torchscript(self.path)
+        self.model = load_torchscript(self.path, self.what)
 
     def settings(self) -> dict:
         return {"softmax": self.softmax}

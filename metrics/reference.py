@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from utils.files import load_file
+
 CACHE_FORMAT = 1  # bump when the cached content changes meaning
 
 #################################################################################
@@ -270,7 +272,7 @@ def load_reference(path: Path, key: dict) -> dict[str, torch.Tensor] | None:
     """The cached reference at `path` if it exists and was made with exactly `key`, else None."""
     if not path.is_file():
         return None
-    cached = torch.load(path, map_location="cpu", weights_only=True)
+    cached = load_file(path, "a reference-statistics cache of metrics/reference.py (delete it to recompute)")
     if cached.get("key") != json.dumps(key, sort_keys=True):
         return None
     return cached["reference"]

@@ -2,10 +2,12 @@
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -14,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from backbones import load_official_latte
 from lightning_modules import LatteDiffusion
 from utils.config import instantiate_map
+from utils.files import load_file
 from utils.lifecycle import USER_ERRORS, ConfigError, stop_on_signals
 from utils.video import video_grid, write_gif, write_mp4
 
@@ -80,23 +83,84 @@ def checkpoint_in_run_folder(output_dir: Path) -> str | None:
     return str(newest)
 
 
-def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
-    """A module from one of our Lightning checkpoints or an official Latte release file (``{"ema": ...}``)."""
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    overrides = {"sampler": instantiate(cfg.sampler)}
+OUR_OR_OFFICIAL = "a checkpoint of this framework or an official Latte file"
+TRAINED = ("backbone", "diffusion", "module")  # what a train.py checkpoint fixes: not overridable at sampling
+
+
+def load_module(ckpt_path: str, cfg: DictConfig, overrides: Sequence[str] | None = None) -> LatteDiffusion:
+    """A module from one of our Lightning checkpoints or an official Latte release file (``{"ema": ...}``).
+
+    A checkpoint of train.py is rebuilt from the config stored in it. ``cfg`` changes only what sampling may
+    change: the sampler (always ``cfg.sampler``), the autoencoder (when set) and the noise prior (when
+    given); overriding the trained model (``backbone``, ``diffusion``, ``module``) is an error. ``overrides``:
+    the ``key=value`` command-line overrides, by default those of the running Hydra app (none outside one).
+    """
+    given = overridden_keys(overrides)
+    checkpoint = load_file(ckpt_path, OUR_OR_OFFICIAL)
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    if "state_dict" in checkpoint and isinstance(hyper_parameters, dict) and "config" in hyper_parameters:
+        return _from_training_checkpoint(checkpoint, cfg, given)
+    if "ema" in checkpoint or "model" in checkpoint:
+        return _from_official_file(checkpoint, cfg, given)
+    raise ValueError(
+        f"{ckpt_path} is not {OUR_OR_OFFICIAL} (it holds {sorted(map(str, checkpoint))[:8]}: neither a "
+        "'state_dict' with its run's 'hyper_parameters' nor an 'ema' or 'model' state dict)"
+    )
+
+
+def overridden_keys(overrides: Sequence[str] | None = None) -> list[str]:
+    """The config keys given on the command line (``noise_prior``, ``backbone.variant``, ...).
+
+    Only the command line tells a choice from a default: sample.yaml's defaults (``noise_prior: iid``, a
+    Latte-XL/2 backbone) are not the checkpoint's, and a user may choose a default's value on purpose.
+    """
+    if overrides is None:
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return [override.split("=", 1)[0].lstrip("+~").split("@", 1)[0] for override in overrides]
+
+
+def _given(keys: list[str], group: str) -> list[str]:
+    """The keys of ``keys`` that set ``group`` or one of its entries."""
+    return [key for key in keys if key == group or key.startswith(f"{group}.")]
+
+
+def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str]) -> LatteDiffusion:
+    """Rebuild a train.py run's module from its stored config, with the sampling-time choices of ``cfg``."""
+    fixed = [key for group in TRAINED for key in _given(given, group)]
+    if fixed:
+        raise ValueError(
+            f"{fixed[0]} cannot be overridden when sampling a train.py checkpoint: the backbone, diffusion "
+            "and module are the trained run's (respacing is sampler.num_steps; sampler.*, noise_prior and "
+            "autoencoder may change)"
+        )
+    trained = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
+    if OmegaConf.select(trained, "module.backbone.pretrained_dit") is not None:
+        trained.module.backbone.pretrained_dit = None  # the weights are in the checkpoint: no DiT file
+    _warn_if_unguided(trained, cfg)
+    choices = {"sampler": instantiate(cfg.sampler)}
     if cfg.get("autoencoder") is not None:
-        overrides["autoencoder"] = instantiate(cfg.autoencoder)
-    if "state_dict" in checkpoint and "config" in checkpoint.get("hyper_parameters", {}):
-        trained = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
-        if OmegaConf.select(trained, "module.backbone.pretrained_dit") is not None:
-            trained.module.backbone.pretrained_dit = None  # the weights are in the checkpoint: no DiT file
-        _warn_if_unguided(trained, cfg)
-        module = instantiate(trained.module, **overrides)
-        module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
-        module.load_state_dict(checkpoint["state_dict"])
-        return module
+        choices["autoencoder"] = instantiate(cfg.autoencoder)
+    if _given(given, "noise_prior"):
+        choices["noise_prior"] = instantiate(cfg.noise_prior)
+    module = instantiate(trained.module, **choices)
+    source = "given on the command line" if "noise_prior" in choices else "the trained run's"
+    rank_zero_info(f"sampling with {module.sampler!r} and the noise prior {module.noise_prior!r} ({source})")
+    module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def _from_official_file(checkpoint: dict, cfg: DictConfig, given: list[str]) -> LatteDiffusion:
+    """A module around an official Latte backbone, described by ``cfg.official``, with ``cfg``'s parts."""
+    if _given(given, "backbone"):
+        raise ValueError(
+            f"{_given(given, 'backbone')[0]} does not apply to an official Latte file: describe its backbone "
+            "with official.* (model, input_size, num_frames, in_channels, learn_sigma, num_classes)"
+        )
+    if cfg.get("autoencoder") is None:
+        raise ValueError(
+            "an official Latte file holds no autoencoder: pass autoencoder=sd_vae autoencoder.path=<dir>"
+        )
     official = cfg.official
     backbone = load_official_latte(
         checkpoint,
@@ -107,11 +171,12 @@ def load_module(ckpt_path: str, cfg: DictConfig) -> LatteDiffusion:
         learn_sigma=official.learn_sigma,
         num_classes=official.num_classes,
     )
-    if "autoencoder" not in overrides:
-        raise ValueError(
-            "an official Latte file holds no autoencoder: pass autoencoder=sd_vae autoencoder.path=<dir>"
-        )
-    return instantiate(cfg.module, backbone=backbone, **overrides)
+    return instantiate(
+        cfg.module,
+        backbone=backbone,
+        sampler=instantiate(cfg.sampler),
+        autoencoder=instantiate(cfg.autoencoder),
+    )
 
 
 def _warn_if_unguided(trained: DictConfig, cfg: DictConfig) -> None:
