@@ -184,3 +184,48 @@ def test_help_lists_every_real_choice_and_no_base_config(tmp_path):
         config = "evaluate" if group in ("metrics", "real") else "train"  # evaluate.py's own groups
         for name in names:
             compose_train(tmp_path, [f"{group}={name}"], config_name=config)
+
+
+#################################################################################
+#              Resume and sample, as written, on a run of the quickstart         #
+#################################################################################
+
+
+def _readme_block(containing: str) -> list[str]:
+    """The commands of the first ```bash block that holds ``containing``."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    block = next(b for b in blocks if containing in b)
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in re.sub(r"\\\n\s*", "", block).splitlines()]
+    return [line for line in lines if line]
+
+
+@pytest.mark.slow
+def test_readme_resume_and_sample_commands_run_as_written(tmp_path):
+    first = _run_script(tmp_path, [f"python train.py {' '.join(TINY)}"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    resume = _readme_block("run=$(ls -d logs/quickstart/runs/*")
+    sample = _readme_block("python sample.py ckpt_path=$run/")
+    assert resume[0].startswith("run=") and "ckpt_path=$run/checkpoints/last.ckpt" in resume[1]
+    # tiny overrides after the README's own (keys the command sets keep its value), with rare periodic work
+    rare = ["trainer.val_check_interval", "callbacks.model_checkpoint.every_n_train_steps"]
+    rare += ["callbacks.video_sampler.every_n_steps"]
+    tiny = [o for o in TINY if o.split("=")[0] not in resume[1] + " ".join(rare)]
+    tiny += [f"{key}=1000" for key in rare]
+    result = _run_script(tmp_path, [resume[0], f"{resume[1]} {' '.join(tiny)}", *sample])
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = max((tmp_path / "logs" / "quickstart" / "runs").iterdir())
+    assert (resumed / "checkpoints" / "step_0000600.ckpt").is_file(), "resumed up to max_steps=600"
+    grids = sorted((tmp_path / "logs" / "sample" / "runs").glob("*/grid.mp4"))
+    assert len(grids) == 2, "both sample commands wrote their grid"
+
+
+def _run_script(cwd: Path, lines: list[str]) -> subprocess.CompletedProcess:
+    """Run README lines in bash from ``cwd``, with this Python and the repository's entry points."""
+    script = "set -e\n" + "\n".join(
+        re.sub(r"^python (\w+\.py)", rf"{sys.executable} {ROOT}/\1", line) for line in lines
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(cwd)}
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )

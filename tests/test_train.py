@@ -36,7 +36,7 @@ def _run(script: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.C
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # as every reader of checkpoints does
 
 
 #################################################################################

@@ -34,13 +34,17 @@ USER_ERRORS = (
 )
 
 
+# Loggers that print through handlers of their own when imported before Hydra configures logging.
+LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
+
+
 @contextmanager
 def run_logging() -> Iterator[None]:
     """Send Lightning's messages and Python warnings to the handlers Hydra set up (console and
     ``<run folder>/<task>.log``), and report an error: one clear message for a config or data mistake
     (``HYDRA_FULL_ERROR=1`` shows the traceback), a traceback for anything else; the log gets both.
     """
-    for name in ("lightning.pytorch", "lightning.fabric"):  # imported before Hydra, they print on their own
+    for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
