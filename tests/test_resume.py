@@ -45,9 +45,12 @@ def draws(loader, batches: int | None = None) -> list[list[float]]:
 
 
 def training_loader(num_workers: int):
-    dm = VideoDataModule(RandomDraws, num_frames=2, resolution=8, batch_size=3, num_workers=num_workers)
+    """A fresh DataModule's training loader over `RandomDraws`: 10 clips, batches of 3, 3 batches an epoch."""
+    dm = VideoDataModule(
+        RandomDraws, num_frames=2, resolution=8, batch_size=3, num_workers=num_workers, pin_memory=False
+    )
     dm.setup("fit")
-    return dm.train_dataloader()  # 10 clips, batches of 3: 3 batches an epoch
+    return dm.train_dataloader()
 
 
 def test_training_items_draw_from_seed_epoch_and_index_and_the_loader_resumes_its_place():
