@@ -1,15 +1,18 @@
 """A PNG of the training loss curve, written at the end of training (also when it stops on an error)."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 
 class LossCurve(Callback):
-    """Records ``key`` after every training step and plots it (raw and smoothed) into ``path``."""
+    """Records ``key`` after every training step and plots it (raw and smoothed) into ``path``; the history
+    is kept in checkpoints, so the plot of a resumed run covers the whole run."""
 
     def __init__(self, path: str, key: str = "train/loss", smoothing: int = 20):
         self.path = Path(path)
@@ -25,6 +28,22 @@ class LossCurve(Callback):
         if value is not None:
             self.steps.append(trainer.global_step)
             self.values.append(float(value))
+
+    @property
+    def state_key(self) -> str:
+        """One checkpoint entry per recorded key."""
+        return self._generate_state_key(key=self.key)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history so far, as tensors."""
+        return {
+            "steps": torch.tensor(self.steps, dtype=torch.int64),
+            "values": torch.tensor(self.values, dtype=torch.float64),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the history of the run resumed from."""
+        self.steps, self.values = state_dict["steps"].tolist(), state_dict["values"].tolist()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.plot(trainer)

@@ -21,8 +21,9 @@ says which command fixes it.
 
 Training from the cache draws the same clip windows and flips as decoding would (`DecodedVideos.fetch` with
 another `load`), then z = (mean + std * eps - shift) * scaling_factor, eps ~ N(0, I) from the global RNG in
-training and from a per-item seeded generator otherwise; with `sample_posterior=False`, z = (mean - shift) *
-scaling_factor, which equals `autoencoder.encode(video)` with `sample_posterior=False`.
+training (which the training loader seeds per item and epoch) and from a per-item seeded generator otherwise;
+with `sample_posterior=False`, z = (mean - shift) * scaling_factor, which equals `autoencoder.encode(video)`
+with `sample_posterior=False`.
 """
 
 import hashlib

@@ -14,6 +14,14 @@ batch is {"video": (b, num_frames + use_image_num, c, h, w), "label": (b,), "ima
 Validation and test batches stay video-only: Latte evaluates (and samples) videos alone, and this keeps the
 validation loss comparable between joint and video-only runs.
 
+Training order and exact resume: the training loader (`ResumableLoader`) shuffles by (seed, epoch), one shard
+per DDP rank (`EpochSampler`, a DistributedSampler, which Lightning keeps), and counts the batches it hands
+out; Lightning saves that place in the checkpoint and restores it on resume, so the resumed run gets the rest
+of the epoch, then the same later epochs. Every training item is read with the global RNGs (torch CPU, numpy,
+python) seeded by (seed, epoch, index) (`EpochSeededItems`): a clip's random window, flip or latent noise is
+the same in any process, DataLoader worker or resumed run, and new in every epoch. The loaders draw their
+worker seeds from their own generator: data loading never touches the training process's global RNG.
+
 Latent cache (`use_latent_cache=True`, see datamodules/cache_latents.py): training and validation items carry
 VAE latents instead of pixels, {"latents": (f, zc, r/ds, r/ds), ...}, and batches
 {"latents": (b, f, zc, h', w'), ...} with no "video" key: the module must use them as x0 and skip encoding.
@@ -21,13 +29,15 @@ Test batches stay pixels.
 """
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+
+from utils.rng import seeded_rngs, stable_seed
 
 #################################################################################
 #                                    Checks                                     #
@@ -182,6 +192,75 @@ class WithImageFrames(Dataset):
 
 
 #################################################################################
+#                        Training Order and Exact Resume                        #
+#################################################################################
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler's (seed, epoch) shuffle, this rank's shard of it from item `start` on, as (epoch,
+    index) pairs, so that each item's random draws can depend on its epoch (`EpochSeededItems`)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0  # items of this rank's epoch to skip (set by the loader when it resumes)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start :]
+        return iter([(self.epoch, index) for index in indices])
+
+
+class EpochSeededItems(Dataset):
+    """Reads item `index` for an (epoch, index) key with the global RNGs seeded by (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        """As many items as the wrapped dataset."""
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        """dataset[index] under RNGs seeded by (seed, epoch, index)."""
+        epoch, index = key
+        with seeded_rngs(stable_seed("train", self.seed, epoch, index)):
+            return self.dataset[index]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader as a stream of epochs whose place Lightning saves (`state_dict`) and restores.
+
+    Each pass continues the current epoch where the last one stopped; a pass at its end starts the next
+    epoch, as does Lightning's `set_epoch` on the sampler. Lightning does not prefetch from a loader with a
+    length, so the batches handed out are the batches trained on.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: EpochSampler, **kwargs: Any):
+        super().__init__(EpochSeededItems(dataset, sampler.seed), sampler=sampler, **kwargs)
+        self.epoch, self.used = 0, 0  # the epoch and how many of its batches were handed out
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.sampler.epoch != self.epoch:  # Lightning's set_epoch
+            self.epoch, self.used = self.sampler.epoch, 0
+        elif self.used >= len(self):  # the epoch is over: the next one
+            self.epoch, self.used = self.epoch + 1, 0
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.used * self.batch_size
+        for batch in super().__iter__():
+            self.used += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the stream stands: the epoch and the batches of it used."""
+        return {"epoch": self.epoch, "batches": self.used}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from `state_dict()`'s place (Lightning calls it before the resumed run's first pass)."""
+        self.epoch, self.used = state["epoch"], state["batches"]
+        self.sampler.set_epoch(self.epoch)
+
+
+#################################################################################
 #                                 DataModule                                    #
 #################################################################################
 
@@ -202,6 +281,7 @@ class VideoDataModule(LightningDataModule):
         val_split: str = "val",
         use_image_num: int = 0,
         image_seed: int = 0,
+        seed: int | None = 0,
         root: str | None = None,
         use_latent_cache: bool = False,
         latent_cache: Any | None = None,
@@ -214,6 +294,7 @@ class VideoDataModule(LightningDataModule):
         use_image_num: 0 = video only; k > 0 = image-video joint training: every training clip gets k
             frames of other training clips appended (see `WithImageFrames`); val and test stay video-only.
         image_seed: seeds which clip and frame each appended image is (fixed per item across epochs).
+        seed: seeds the training order (by epoch) and each training item's random draws (by epoch and index).
         root: the dataset folder, passed to the factory as `root=` (datasets on disk); None passes nothing.
         use_latent_cache: train and validate on the VAE latents of `latent_cache` (built beforehand by
             `python -m datamodules.cache_latents`) instead of decoding videos; test batches stay pixels.
@@ -229,6 +310,8 @@ class VideoDataModule(LightningDataModule):
         check_int("num_workers", num_workers, 0)
         check_int("use_image_num", use_image_num, 0)
         check_int("image_seed", image_seed, 0)
+        seed = 0 if seed is None else seed  # an unseeded run (seed=null) still shuffles reproducibly
+        check_int("seed", seed, 0)
         if val_batch_size is not None:
             check_int("val_batch_size", val_batch_size, 1)
         if use_latent_cache and latent_cache is None:
@@ -244,6 +327,7 @@ class VideoDataModule(LightningDataModule):
         self.val_split = val_split
         self.use_image_num = use_image_num
         self.image_seed = image_seed
+        self.seed = seed
         self.root = root
         self.use_latent_cache = use_latent_cache
         self.latent_cache = latent_cache
@@ -294,25 +378,31 @@ class VideoDataModule(LightningDataModule):
             self.build("test")
 
     def loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
-        """A DataLoader over `split`: shuffled, drop_last and image frames for training; fixed otherwise."""
+        """A DataLoader over `split`: resumable shuffle, drop_last and image frames for training; fixed
+        otherwise. Worker seeds come from the loader's own generator, never from the global RNG."""
         dataset = self.build(split)
         if train and self.use_image_num > 0:
             dataset = WithImageFrames(
                 dataset, self.use_image_num, self.num_frames, self.num_classes, seed=self.image_seed
             )
-        return DataLoader(
-            dataset,
+        settings = dict(
             batch_size=batch_size,
-            shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.train_collate if train else self.eval_collate,
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if not train:
+            return DataLoader(dataset, shuffle=False, **settings)
+        if self.trainer is not None and self.trainer.overfit_batches > 0:  # Lightning swaps the sampler
+            return DataLoader(dataset, shuffle=True, **settings)
+        shard = (self.trainer and self.trainer.distributed_sampler_kwargs) or {}  # DDP: num_replicas, rank
+        return ResumableLoader(dataset, EpochSampler(dataset, **shard, seed=self.seed), **settings)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training clips (+ their image frames); incomplete last batches dropped, as in Latte."""
+        """Shuffled training clips (+ their image frames), resumable; incomplete last batches dropped."""
         return self.loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -17,10 +17,12 @@ datasets/*_datasets.py __getitem__), on `length` frames with span = num_frames *
               rule: SkyTimelapse, Taichi-HD)
     stylegan_v: the stride offsets from start = randint(0, length - (num_frames - 1) * frame_interval - 1),
               every start whose clip fits (StyleGAN-V's real clips for FVD; metrics.RealVideos uses it)
-Training clips draw `start` (and the flip) from torch's global RNG, which Lightning seeds per rank and worker;
-every other split draws them from a generator seeded by (seed, split, index), so validation and evaluation see
-the same clips in every epoch, process and rank. DDP sharding is the DistributedSampler's job (Lightning adds
-it): an item's clip does not depend on which rank reads it.
+Training clips draw `start` (and the flip) from torch's global RNG, which the training loader seeds per item
+by (seed, epoch, index) (`datamodules.video.EpochSeededItems`: the same draws in any worker and after a
+resume); every other split draws them from a generator seeded by (seed, split, index), so validation and
+evaluation see the same clips in every epoch, process and rank. DDP sharding is the sampler's job (the
+training loader's `EpochSampler`, Lightning's DistributedSampler otherwise): an item's clip does not depend on
+which rank reads it.
 
 Transforms on the uint8 clip: to [0, 1], a deterministic spatial transform to resolution x resolution
 ("resize_center_crop": bilinear resize by resolution / short side, then a center crop, as Latte's

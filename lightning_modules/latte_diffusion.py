@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from diffusion import GaussianDiffusion, Sampler
+from utils.rng import gather_rng_states, set_rng_states
 
 
 class LatteDiffusion(LightningModule):
@@ -60,7 +62,7 @@ class LatteDiffusion(LightningModule):
         self.ema_decay = ema_decay
         self.start_clip_iter = start_clip_iter  # the Trainer's gradient clipping applies from this step on
         self.compile_backbone = compile  # torch.compile the training forward (1.34x on Latte-XL/2, H200)
-        self._ema_step = -1  # global_step of the last EMA update
+        self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
 
     #############################################################################
     #                                  Training                                 #
@@ -162,13 +164,11 @@ class LatteDiffusion(LightningModule):
         if self.global_rank > 0:  # important! one seed gave every rank the same init; now each rank draws
             torch.manual_seed(torch.initial_seed() + self.global_rank)  # its own t, noise, dropout (as Latte)
 
-    def on_train_start(self) -> None:
-        self._ema_step = self.global_step  # restored by now when resuming
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.global_step > self._ema_step:  # an optimizer step happened (gradient accumulation aware)
-            self.update_ema()
-            self._ema_step = self.global_step
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer's step, then the EMA's: before any callback's on_train_batch_end, so a checkpoint
+        written there holds the EMA of its own step."""
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -182,14 +182,30 @@ class LatteDiffusion(LightningModule):
     #############################################################################
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Leave out the autoencoder; add every rank's RNG states, so that a resumed run draws on exactly."""
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("autoencoder.")
         }
+        checkpoint["rng_states"] = gather_rng_states(self.device)  # one per rank, in rank order
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"].update(
             {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}
         )
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """Resuming: continue this rank's RNG streams, after the per-rank reseeding and the sanity check."""
+        states, self._rng_states = self._rng_states, None
+        if states is None:
+            return
+        if len(states) != self.trainer.world_size:
+            rank_zero_warn(
+                f"the checkpoint holds the RNG states of {len(states)} ranks, this run has "
+                f"{self.trainer.world_size}: random draws start afresh (the resumed run is not exact)"
+            )
+            return
+        set_rng_states(states[self.global_rank], self.device)
 
     #############################################################################
     #                                  Sampling                                 #

@@ -16,44 +16,21 @@ import hashlib
 import inspect
 import json
 import os
-import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from utils.files import load_file
+from utils.rng import seeded_rngs, stable_seed
 
 CACHE_FORMAT = 1  # bump when the cached content changes meaning
 
 #################################################################################
 #                           Seeded, rank-sharded reading                        #
 #################################################################################
-
-
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from a stable hash of `parts` (the same in every process and Python run)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-@contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch (CPU), numpy and python's global RNGs for a block, then restore their previous states."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 class SeededItems(Dataset):

@@ -99,7 +99,7 @@ def test_cached_batches_equal_encoding_on_the_fly(tmp_path, root, vae_dir, use_i
                 assert "video" not in batch, "cached batches carry latents, not pixels"
                 frames = 16 + (use_image_num if loader == "train_dataloader" else 0)
                 assert batch["latents"].shape == z.shape == (len(z), frames, 4, 8, 8)
-                torch.testing.assert_close(batch["latents"], z, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(batch["latents"], z, atol=3e-5, rtol=1e-5)  # fp32, other batching
 
 
 def test_cached_validation_batches_are_the_same_in_worker_processes(tmp_path, root, vae_dir):

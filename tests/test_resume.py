@@ -1,0 +1,175 @@
+"""Exact resume: a run stopped half-way and resumed from its checkpoint repeats the uninterrupted run bit for
+bit (losses, backbone, EMA, metrics; the data order across epochs, workers and DDP ranks; every RNG) and keeps
+its loss-curve history. First, without a Trainer: the training loader's place and its per-item draws."""
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from datamodules import VideoDataModule
+from tests.conftest import ROOT, TINY, compose_train
+from utils.run import train
+
+#################################################################################
+#                   The training loader: its place and its draws                #
+#################################################################################
+
+
+class RandomDraws(Dataset):
+    """10 clips whose first pixels hold (index, torch.rand, np.random.rand, random.random) drawn when read."""
+
+    def __init__(self, split: str, num_frames: int, resolution: int, num_classes: int):
+        self.shape = (num_frames, 3, resolution, resolution)
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> dict:
+        video = torch.zeros(self.shape, dtype=torch.float64)
+        video[0, 0, 0, :4] = torch.tensor([index, torch.rand(()).item(), np.random.rand(), random.random()])
+        return {"video": video}
+
+
+def draws(loader, batches: int | None = None) -> list[list[float]]:
+    """(index, torch, numpy, python draw) of every item of the next `batches` batches (all: None)."""
+    return [row for batch in islice(loader, batches) for row in batch["video"][:, 0, 0, 0, :4].tolist()]
+
+
+def training_loader(num_workers: int):
+    """A fresh DataModule's training loader over `RandomDraws`: 10 clips, batches of 3, 3 batches an epoch."""
+    dm = VideoDataModule(
+        RandomDraws, num_frames=2, resolution=8, batch_size=3, num_workers=num_workers, pin_memory=False
+    )
+    dm.setup("fit")
+    return dm.train_dataloader()
+
+
+def test_training_items_draw_from_seed_epoch_and_index_and_the_loader_resumes_its_place():
+    loader = training_loader(num_workers=0)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    epochs = [draws(loader) for _ in range(3)]  # each finished pass starts the next epoch
+    after = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    assert torch.equal(before[0], after[0]) and (before[1] == after[1]).all() and before[2] == after[2], (
+        "reading training items must leave the training process's global RNGs alone"
+    )
+    assert [len(epoch) for epoch in epochs] == [9, 9, 9], "drop_last: 3 full batches an epoch"
+    assert [row[0] for row in epochs[0]] != [row[0] for row in epochs[1]], "every epoch a new order"
+    first = {row[0]: row[1:] for row in epochs[0]}
+    assert all(first[row[0]] != row[1:] for row in epochs[1] if row[0] in first), "new draws every epoch"
+
+    loader = training_loader(num_workers=0)
+    loader.sampler.set_epoch(1)  # as Lightning does at each epoch start
+    assert draws(loader, batches=1) == epochs[1][:3]
+    assert loader.state_dict() == {"epoch": 1, "batches": 1}
+
+    resumed = training_loader(num_workers=1)  # a new process with a worker: the same items and draws
+    resumed.load_state_dict({"epoch": 1, "batches": 1})
+    assert draws(resumed) == epochs[1][3:], "the resumed loader hands out the rest of the epoch"
+    assert resumed.state_dict() == {"epoch": 1, "batches": 3}
+    resumed.sampler.set_epoch(2)
+    assert draws(resumed) == epochs[2], "and then the same next epoch"
+
+
+#################################################################################
+#           Training runs: 4 steps, or 2 steps and a resume for 2 more          #
+#################################################################################
+
+# 6 clips in batches of 2: 3 steps an epoch, so 4 steps cross an epoch boundary and step 2 is mid-epoch.
+# Class-conditional, so that label dropout draws too; validation and a checkpoint every 2 steps.
+RUN = [*TINY, "data.dataset.num_videos=6", "data.num_classes=2", "~callbacks.video_sampler"]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """{step: train/loss} as the csv logger wrote them."""
+    (path,) = (run / "csv").rglob("metrics.csv")
+    rows = csv.DictReader(path.read_text().splitlines())
+    return {int(row["step"]): float(row["train/loss"]) for row in rows if row.get("train/loss")}
+
+
+def last_checkpoint(run: Path) -> dict:
+    """The run's last checkpoint, read as plain tensors and containers (no pickled objects)."""
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_run(resumed: Path, full: Path, steps: range) -> None:
+    """The resumed run logged the full run's losses at `steps` and ended on its weights and metrics."""
+    expected, found = losses(full), losses(resumed)
+    assert {s: found.get(s) for s in steps} == {s: expected[s] for s in steps}, "losses after resuming differ"
+    weights, resumed_weights = last_checkpoint(full)["state_dict"], last_checkpoint(resumed)["state_dict"]
+    assert sorted(weights) == sorted(resumed_weights)
+    assert {k.split(".")[0] for k in weights} == {"backbone", "ema"}
+    different = [k for k, v in weights.items() if not torch.equal(v, resumed_weights[k])]
+    assert not different, f"final weights differ: {different[:5]}"
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (full, resumed)]
+    assert metrics[0] == metrics[1] and "val/loss" in metrics[0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Run folders: "full" (4 steps, a DataLoader worker), "half" (2 steps), "resumed" (from half, to 4)."""
+    root = tmp_path_factory.mktemp("resume")
+    run = lambda name, *overrides: train(compose_train(root / name, [*RUN, *overrides]))  # noqa: E731
+    run("full", "trainer.max_steps=4", "data.num_workers=1")
+    run("half", "trainer.max_steps=2")
+    half = f"ckpt_path={root}/half/run/checkpoints/last.ckpt"
+    run("resumed", "trainer.max_steps=4", "data.num_workers=1", half)
+    return {name: root / name / "run" for name in ("full", "half", "resumed")}
+
+
+def test_a_run_resumed_half_way_repeats_the_uninterrupted_run_bit_for_bit(runs):
+    full, half = losses(runs["full"]), losses(runs["half"])
+    assert sorted(half) == [0, 1] and half == {s: full[s] for s in half}, "workers must not change the data"
+    assert_same_run(runs["resumed"], runs["full"], steps=range(2, 4))
+
+
+def test_the_loss_curve_of_a_resumed_run_covers_the_whole_run(runs):
+    def history(run: Path) -> dict:
+        (state,) = [v for k, v in last_checkpoint(run)["callbacks"].items() if k.startswith("LossCurve")]
+        return dict(zip(state["steps"].tolist(), state["values"].tolist()))
+
+    full = history(runs["full"])
+    assert sorted(full) == [1, 2, 3, 4]
+    assert history(runs["resumed"]) == full, "the resumed run's plot must hold the steps before the resume"
+    assert (runs["resumed"] / "loss_curve.png").stat().st_size > 1000
+
+
+# Two CPU processes (gloo), 8 clips: 4 a rank, 2 steps an epoch; validation and a checkpoint at steps 3 and 6.
+DDP = [
+    "data.dataset.num_videos=8",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+    "callbacks.model_checkpoint.every_n_train_steps=3",
+]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_resume_their_data_shards_and_random_streams(tmp_path):
+    """6 steps, or a resume from the mid-epoch checkpoint of step 3 (validated right after it was written),
+    end on the same losses and weights: each rank continues its shard of the data and its own random draws."""
+
+    def run(name: str, *overrides: str) -> Path:
+        command = [sys.executable, str(ROOT / "train.py"), *RUN, *DDP, *overrides]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return tmp_path / "logs" / "quickstart" / "runs" / name
+
+    full = run("full", "hydra.run.dir=logs/quickstart/runs/full")
+    step_3 = full / "checkpoints" / "step_0000003.ckpt"
+    states = torch.load(step_3, map_location="cpu", weights_only=True)["rng_states"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"]), "one stream per rank"
+    resumed = run("resumed", "hydra.run.dir=logs/quickstart/runs/resumed", f"ckpt_path={step_3}")
+    assert sorted(losses(resumed)) == [3, 4, 5]
+    assert_same_run(resumed, full, steps=range(3, 6))
