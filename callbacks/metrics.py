@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from diffusion import Sampler
+from diffusion import SamplerBase
 from metrics import MetricSuite, RealVideos, update_with_samples
 
 
@@ -31,7 +31,7 @@ class GenerationMetrics(Callback):
         at_validation_end: bool = False,
         num_videos: int = 256,
         batch_size: int = 8,
-        sampler: Sampler | None = None,
+        sampler: SamplerBase | None = None,
         seed: int = 0,
         prefix: str = "val",
         dirpath: str | None = None,
@@ -65,6 +65,7 @@ class GenerationMetrics(Callback):
         self._last_step = -1
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        (self.sampler or pl_module.sampler).check(pl_module.diffusion)  # now, not at the first evaluation
         self.suite.to(pl_module.device)
         self.references = self.suite.prepare_reference(self.real, progress=self.progress)
         for logger in trainer.loggers:  # loggers are rank-zero only

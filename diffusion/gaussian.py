@@ -1,4 +1,4 @@
-"""Gaussian diffusion over video latents ``b f c h w``: schedule, losses, DDPM/DDIM samplers and CFG.
+"""Gaussian diffusion over video latents ``b f c h w``: schedule, losses, DDPM/DDIM steps and loops.
 
 The semantics are those of IDDPM/DiT as used by Latte (written here from the papers and the facts of the
 official Latte code's ``diffusion/`` package, DiT's with the channel axis moved to dim 2): epsilon prediction,
@@ -9,42 +9,28 @@ before calling the model. The channel axis is dim 2 because videos are ``b f c h
 A ``model`` is any callable ``model(x, t, **model_kwargs)`` taking ``x`` of shape ``b f c h w`` and ``t`` a
 LongTensor ``(b,)`` of original timesteps, and returning ``b f c_out h w`` with ``c_out = 2c`` (eps, then
 variance values) when ``learn_sigma`` and ``c_out = c`` (eps) otherwise.
+
+``GaussianDiffusion`` implements the objective interface (``diffusion/objective.py``): its times are
+integer indices into its (respaced) grid, ``-1`` standing for the clean latents where ``step`` may jump to.
+The configured samplers (``Sampler``: DDPM/DDIM on a respaced grid, DPM-Solver++) are in
+``diffusion/sampling.py``.
 """
 
 import math
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-Model = Callable[..., torch.Tensor]
-NoisePrior = Callable[..., torch.Tensor]
+from diffusion.objective import Model, NoisePrior, Objective, draw_noise, mean_flat
+
 Respacing = str | int | Sequence[int] | None
 
 
 #################################################################################
 #                          Gaussian Math Helpers                                #
 #################################################################################
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    """Mean over every dimension except the batch one."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
-
-
-def _draw_noise(
-    shape: Sequence[int],
-    noise_prior: NoisePrior | None,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-    dtype: torch.dtype | None,
-) -> torch.Tensor:
-    """Gaussian noise of ``shape`` from ``noise_prior``, or i.i.d. standard normal when it is None."""
-    if noise_prior is None:
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-    return noise_prior(tuple(shape), generator=generator, device=device, dtype=dtype)
 
 
 def normal_kl(
@@ -150,7 +136,7 @@ def space_timesteps(num_timesteps: int, section_counts: Respacing) -> list[int]:
 #################################################################################
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(Objective):
     """Epsilon-prediction Gaussian diffusion on ``b f c h w`` latents, optionally respaced to fewer steps."""
 
     def __init__(
@@ -224,14 +210,25 @@ class GaussianDiffusion:
 
     @staticmethod
     def _extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Gather float64 schedule ``values`` at indices ``t`` as ``(b, 1, 1, 1, 1)`` in x's dtype/device."""
+        """Float64 schedule ``values`` at indices ``t`` (b,) or (b, f), to broadcast over x, in x's dtype."""
         assert x.ndim == 5, f"diffusion tensors are videos of shape (b, f, c, h, w), got {tuple(x.shape)}"
         out = values.to(x.device)[t.to(x.device)].to(x.dtype)
-        return out.view(-1, 1, 1, 1, 1)
+        return out.view(*t.shape, *[1] * (x.ndim - t.ndim))  # (b, 1, 1, 1, 1), or (b, f, 1, 1, 1) per frame
 
-    def _model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+    def _alpha_bar(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """abar at indices ``t`` >= -1, where index -1 (the clean latents) has abar = 1."""
+        padded = torch.cat([torch.ones(1, dtype=self.alphas_cumprod.dtype), self.alphas_cumprod])
+        return self._extract(padded, t + 1, x)
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original timesteps for respaced indices ``t`` (what the model is conditioned on; no rescaling)."""
         return self.timestep_map.to(t.device)[t]
+
+    def sample_t(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Training timesteps drawn uniformly from this grid's indices: ``(batch,)`` long."""
+        return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
 
     #################################################################################
     #                          Forward Process q                                    #
@@ -253,6 +250,10 @@ class GaussianDiffusion:
             self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
             + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (``q_sample``); ``t`` (b,) or per frame (b, f)."""
+        return self.q_sample(x0, t, noise)
 
     def q_posterior_mean_variance(
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -296,10 +297,7 @@ class GaussianDiffusion:
             eps = model_output
             variance = self._extract(self.fixed_large_variance, t, x).expand_as(x)
             log_variance = torch.log(variance)
-        pred_xstart = (
-            self._extract(self.sqrt_recip_alphas_cumprod, t, x) * x
-            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x) * eps
-        )
+        pred_xstart = self.to_x0(eps, x, t)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
             eps = (self._extract(self.sqrt_recip_alphas_cumprod, t, x) * x - pred_xstart) / self._extract(
@@ -314,6 +312,14 @@ class GaussianDiffusion:
             "eps": eps,
         }
 
+    def to_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eps the first c channels of ``model_output``."""
+        eps = model_output[:, :, : x_t.shape[2]]  # (b, f, c, h, w): without the variance channels
+        return (
+            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        )
+
     def p_mean_variance(
         self,
         model: Model,
@@ -323,7 +329,7 @@ class GaussianDiffusion:
         clip_denoised: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Run the model at respaced indices ``t`` and return p(x_{t-1} | x_t) (mean, variance, ...)."""
-        model_output = model(x, self._model_timesteps(t), **(model_kwargs or {}))
+        model_output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
         return self._output_to_distribution(model_output, x, t, clip_denoised)
 
     #################################################################################
@@ -340,21 +346,26 @@ class GaussianDiffusion:
         noise_prior: NoisePrior | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample ``loss = mse + vb`` (shape (b,)): MSE on eps plus the VLB in bits with eps detached."""
+        """Per-sample ``loss = mse + vb`` (shape (b,)): MSE on eps plus the VLB in bits with eps detached.
+
+        Also returns the predicted eps (``output``, without variance channels), its ``target`` (the noise) and
+        ``x_t``, each ``b f c h w``.
+        """
         if noise is None:
-            noise = _draw_noise(x0.shape, noise_prior, generator, x0.device, x0.dtype)
+            noise = draw_noise(x0.shape, noise_prior, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
-        model_output = model(x_t, self._model_timesteps(t), **(model_kwargs or {}))
+        model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         c = x0.shape[2]
         eps = model_output[:, :, :c]  # (b, f, c, h, w)
         mse = mean_flat((noise - eps) ** 2)
+        tensors = {"output": eps, "target": noise, "x_t": x_t}
         if not self.learn_sigma:
             vb = torch.zeros_like(mse)
-            return {"loss": mse, "mse": mse, "vb": vb}
+            return {"loss": mse, "mse": mse, "vb": vb, **tensors}
         # important! The VLB only trains the variance channels: eps is detached here.
         frozen_output = torch.cat([eps.detach(), model_output[:, :, c:]], dim=2)
         vb = self._vb_terms_bpd(frozen_output, x0, x_t, t)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        return {"loss": mse + vb, "mse": mse, "vb": vb, **tensors}
 
     def _vb_terms_bpd(
         self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
@@ -383,7 +394,7 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """One ancestral step: x_{t-1} = mean + 1[t != 0] exp(log_var / 2) z, z from the noise prior."""
         p = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
-        z = _draw_noise(x.shape, noise_prior, generator, x.device, x.dtype)
+        z = draw_noise(x.shape, noise_prior, generator, x.device, x.dtype)
         nonzero = (t != 0).to(x.dtype).view(-1, 1, 1, 1, 1)  # no noise on the last step
         sample = p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * z
         return {"sample": sample, "pred_xstart": p["pred_xstart"]}
@@ -403,20 +414,52 @@ class GaussianDiffusion:
         p = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
         alpha_bar = self._extract(self.alphas_cumprod, t, x)
         alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x)
+        sample = self._ddim_update(p, x, alpha_bar, alpha_bar_prev, eta, noise_prior, generator)
+        return {"sample": sample, "pred_xstart": p["pred_xstart"]}
+
+    def step(
+        self,
+        model: Model,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        model_kwargs: dict | None = None,
+        eta: float = 0.0,
+        noise_prior: NoisePrior | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """A DDIM jump from indices ``t`` to any earlier ``t_next`` (-1: clean latents); eta=0: no noise."""
+        assert bool((t_next <= t).all() and (t_next >= -1).all()), (
+            f"step jumps back in time to an index in [-1, t]: got t={t.tolist()}, t_next={t_next.tolist()}"
+        )
+        p = self.p_mean_variance(model, x_t, t, model_kwargs)
+        alpha_bar, alpha_bar_next = self._alpha_bar(t, x_t), self._alpha_bar(t_next, x_t)
+        return self._ddim_update(p, x_t, alpha_bar, alpha_bar_next, eta, noise_prior, generator)
+
+    def _ddim_update(
+        self,
+        p: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        alpha_bar: torch.Tensor,
+        alpha_bar_next: torch.Tensor,
+        eta: float,
+        noise_prior: NoisePrior | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """DDIM (Song et al. 2021, eq. 12) of x from abar to abar_next by p's x0 and eps; eta > 0: noise."""
         sigma = (
             eta
-            * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-            * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
-        )
+            * torch.sqrt((1 - alpha_bar_next) / (1 - alpha_bar))
+            * torch.sqrt(1 - alpha_bar / alpha_bar_next)
+        )  # 0 where abar_next = 1: no noise on a step to the clean latents
         sample = (
-            p["pred_xstart"] * torch.sqrt(alpha_bar_prev)
-            + torch.sqrt(1 - alpha_bar_prev - sigma**2) * p["eps"]
+            p["pred_xstart"] * torch.sqrt(alpha_bar_next)
+            + torch.sqrt(1 - alpha_bar_next - sigma**2) * p["eps"]
         )
         if eta > 0:
-            z = _draw_noise(x.shape, noise_prior, generator, x.device, x.dtype)
-            nonzero = (t != 0).to(x.dtype).view(-1, 1, 1, 1, 1)
-            sample = sample + nonzero * sigma * z
-        return {"sample": sample, "pred_xstart": p["pred_xstart"]}
+            z = draw_noise(x.shape, noise_prior, generator, x.device, x.dtype)
+            sample = sample + sigma * z
+        return sample
 
     def _sample_loop(
         self,
@@ -432,7 +475,7 @@ class GaussianDiffusion:
         shape = tuple(shape)
         assert len(shape) == 5, f"samplers generate videos of shape (b, f, c, h, w), got {shape}"
         if noise is None:
-            x = _draw_noise(shape, noise_prior, generator, device, torch.float32)
+            x = draw_noise(shape, noise_prior, generator, device, torch.float32)
         else:
             assert tuple(noise.shape) == shape, (
                 f"initial noise has shape {tuple(noise.shape)}, expected {shape}"
@@ -481,122 +524,10 @@ class GaussianDiffusion:
         return self._sample_loop(step, shape, noise, noise_prior, generator, device, progress)
 
 
-#################################################################################
-#                        Classifier-Free Guidance                               #
-#################################################################################
+def __getattr__(name: str):
+    """``Sampler`` and ``classifier_free_guidance`` live in diffusion/sampling.py; old imports still work."""
+    if name in ("Sampler", "classifier_free_guidance"):
+        from diffusion import sampling  # here, not above: sampling.py imports this module
 
-
-def classifier_free_guidance(model: Model, cfg_scale: float, null_class: int) -> Model:
-    """Wrap ``model`` so that its eps channels are guided: eps = uncond + cfg_scale * (cond - uncond).
-
-    The guided model runs ``model`` once on ``cat([x, x])`` with ``y = cat([y, null_class])``. All ``c`` eps
-    channels are guided; the learned-variance channels (if any) are the conditional half's. Other model
-    kwargs are passed through unchanged. With ``cfg_scale == 1`` or ``y=None`` it is the plain model.
-    """
-
-    def guided(
-        x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **model_kwargs
-    ) -> torch.Tensor:
-        if y is None or cfg_scale == 1:
-            return model(x, t, **model_kwargs) if y is None else model(x, t, y=y, **model_kwargs)
-        c = x.shape[2]
-        y_null = torch.full_like(y, null_class)
-        out = model(
-            torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, y_null]), **model_kwargs
-        )  # (2b, f, c_out, h, w)
-        cond, uncond = out.chunk(2, dim=0)  # (b, f, c_out, h, w) each
-        eps = uncond[:, :, :c] + cfg_scale * (cond[:, :, :c] - uncond[:, :, :c])  # (b, f, c, h, w)
-        return torch.cat([eps, cond[:, :, c:]], dim=2)  # (b, f, c_out, h, w)
-
-    return guided
-
-
-#################################################################################
-#                                   Sampler                                     #
-#################################################################################
-
-
-class Sampler:
-    """A configured sampling recipe (DDPM or DDIM, step count, eta, CFG scale) run on any diffusion."""
-
-    METHODS = ("ddpm", "ddim")
-
-    def __init__(
-        self,
-        method: str = "ddpm",
-        num_steps: int | str = 250,
-        eta: float = 0.0,
-        cfg_scale: float = 1.0,
-        progress: bool = False,
-    ):
-        if method not in self.METHODS:
-            raise ValueError(f"sampler method {method!r} is unknown; expected one of {self.METHODS}")
-        valid_int = isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps > 0
-        valid_str = isinstance(num_steps, str) and re.fullmatch(r"ddim\d+|\d+(,\d+)*", num_steps) is not None
-        if not (valid_int or valid_str):
-            raise ValueError(
-                f"sampler num_steps must be a positive int or a respacing ('250', 'ddim50'): {num_steps!r}"
-            )
-        if eta < 0:
-            raise ValueError(f"sampler eta must be >= 0, got {eta}")
-        if method == "ddpm" and eta != 0:
-            raise ValueError(f"sampler eta={eta} is only used by method='ddim'; set eta=0 for method='ddpm'")
-        self.method = method
-        self.num_steps = num_steps
-        self.eta = float(eta)
-        self.cfg_scale = float(cfg_scale)
-        self.progress = progress
-
-    @property
-    def name(self) -> str:
-        """Short tag for metric names, e.g. "ddpm250" or "ddim50-eta0.0-cfg7.0"."""
-        steps = str(self.num_steps).replace(",", "_")
-        if steps.startswith("ddim"):
-            steps = steps[len("ddim") :] + "stride"
-        name = f"{self.method}{steps}"
-        if self.method == "ddim":
-            name += f"-eta{self.eta}"
-        if self.cfg_scale != 1:
-            name += f"-cfg{self.cfg_scale}"
-        return name
-
-    def __repr__(self) -> str:
-        return (
-            f"Sampler(method={self.method!r}, num_steps={self.num_steps!r}, eta={self.eta}, "
-            f"cfg_scale={self.cfg_scale}, progress={self.progress})"
-        )
-
-    def __call__(
-        self,
-        model: Model,
-        diffusion: GaussianDiffusion,
-        shape: Sequence[int],
-        *,
-        y: torch.Tensor | None = None,
-        null_class: int | None = None,
-        noise_prior: NoisePrior | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Sample ``b f c h w`` latents with ``model`` on ``diffusion`` respaced to ``num_steps``."""
-        assert len(shape) == 5, f"samplers generate videos of shape (b, f, c, h, w), got {tuple(shape)}"
-        spaced = diffusion.respace(str(self.num_steps))
-        model_kwargs = {} if y is None else {"y": y}
-        if y is not None and self.cfg_scale != 1:
-            if null_class is None:
-                raise ValueError(
-                    "null_class is required for classifier-free guidance (cfg_scale != 1 with labels y)"
-                )
-            model = classifier_free_guidance(model, self.cfg_scale, null_class)
-        kwargs = dict(
-            noise=noise,
-            noise_prior=noise_prior,
-            generator=generator,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=self.progress,
-        )
-        if self.method == "ddim":
-            return spaced.ddim_sample_loop(model, shape, eta=self.eta, **kwargs)
-        return spaced.p_sample_loop(model, shape, **kwargs)
+        return getattr(sampling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from diffusion import GaussianDiffusion, Sampler
+from diffusion import Objective, SamplerBase
 from utils.rng import gather_rng_states, set_rng_states
 
 
@@ -27,9 +27,9 @@ class LatteDiffusion(LightningModule):
         self,
         backbone: nn.Module,
         autoencoder: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: Objective,
         noise_prior: Callable[..., torch.Tensor],
-        sampler: Sampler,
+        sampler: SamplerBase,
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         ema_decay: float = 0.9999,
@@ -51,6 +51,7 @@ class LatteDiffusion(LightningModule):
                 f"backbone.in_channels={backbone.in_channels} but the autoencoder makes "
                 f"{autoencoder.latent_channels}-channel latents"
             )
+        sampler.check(diffusion)  # a sampler for another objective (euler on Gaussian diffusion) fails here
         self.backbone = backbone
         self.ema = copy.deepcopy(backbone).requires_grad_(False).eval()
         self.autoencoder = autoencoder
@@ -84,7 +85,7 @@ class LatteDiffusion(LightningModule):
         cached = batch.get("latents")  # (b, f, c, h', w') from the latent cache, else encode the pixels
         x0 = self.encode(batch["video"]) if cached is None else cached.float()  # (b, f, c, h', w')
         b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), device=self.device, generator=generator)
+        t = self.diffusion.sample_t(b, generator=generator, device=self.device)  # (b,)
         noise = self.draw_noise(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return self.diffusion.training_losses(
             self.backbone, x0, t, noise=noise, model_kwargs=self._condition(batch)
@@ -107,7 +108,8 @@ class LatteDiffusion(LightningModule):
             )
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/loss_mse", losses["mse"].mean())
-        self.log("train/loss_vlb", losses["vb"].mean())
+        if "vb" in losses:  # Gaussian diffusion's VLB term (flow matching has none)
+            self.log("train/loss_vlb", losses["vb"].mean())
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -217,7 +219,7 @@ class LatteDiffusion(LightningModule):
         num_videos: int,
         y: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-        sampler: Sampler | None = None,
+        sampler: SamplerBase | None = None,
         use_ema: bool = True,
     ) -> torch.Tensor:
         """Generate ``num_videos`` videos (b f c h w, pixels in [-1, 1]); random classes if ``y`` is None."""
