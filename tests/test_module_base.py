@@ -1,13 +1,15 @@
 """VideoModule, the base of every LightningModule: a test-only GAN (generator + critic, two optimizers, manual
 optimization) trains through train(), keeps one EMA update per generator step, resumes exactly with both
-optimizer states, and samples through load_module."""
+optimizer states, and samples through load_module; and the init= steps (checkpoint, imagenet_dit)."""
 
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lightning_modules.init import from_checkpoint
 from tests.conftest import TINY, compose_train
 from tests.helpers.gan_module import TinyGan
 from tests.helpers.probes import EndProbe, StartProbe
@@ -130,3 +132,104 @@ def test_load_module_rebuilds_the_gan_that_wrote_the_checkpoint_and_sample_py_sa
     assert videos.shape == (2, 4, 3, 16, 16) and videos.abs().max() <= 1
     written = sample(cfg)
     assert len(written) == 2 + 3 and all(path.is_file() for path in written)
+
+
+#################################################################################
+#                   init=checkpoint | imagenet_dit: starting weights             #
+#################################################################################
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """The last checkpoint of a 4-step tiny Latte run: what the next runs start from."""
+    root = tmp_path_factory.mktemp("source")
+    train(compose_train(root, [*TINY, "~callbacks.video_sampler"]))
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+def start_of(tmp_path: Path, *overrides: str) -> dict:
+    """What a 2-step tiny Latte run with ``overrides`` started training from (StartProbe)."""
+    StartProbe.seen.clear()
+    run = [*TINY, "trainer.max_steps=2", "~callbacks.video_sampler", PROBES[0], *overrides]
+    train(compose_train(tmp_path, run))
+    (start,) = StartProbe.seen
+    return start
+
+
+@pytest.mark.parametrize("prefix", ["ema", "backbone"])
+def test_init_checkpoint_starts_a_new_run_from_the_weights_only(tmp_path, source, prefix):
+    saved = last_checkpoint(source.parents[1])["state_dict"]
+    start = start_of(tmp_path, "init=checkpoint", f"init.path={source}", f"init.prefix={prefix}.")
+    assert start["step"] == 0 and all(not optimizer["state"] for optimizer in start["optim"]), "a new run"
+    weights = start["weights"]
+    assert all(torch.equal(under(weights, "backbone")[k], v) for k, v in under(saved, prefix).items())
+    assert all(torch.equal(under(weights, "ema")[k], v) for k, v in under(saved, prefix).items())
+    assert not all(torch.equal(under(saved, "ema")[k], v) for k, v in under(saved, "backbone").items()), (
+        "the source's EMA lags its backbone, so the two prefixes are told apart"
+    )
+
+
+def test_a_resumed_run_takes_its_weights_from_ckpt_path_and_skips_init(tmp_path, source):
+    start = start_of(
+        tmp_path,
+        "trainer.max_steps=6",
+        f"ckpt_path={source}",
+        "init=checkpoint",
+        f"init.path={tmp_path}/gone",
+    )
+    assert start["step"] == 4, "the init file is never read when resuming"
+
+
+def test_init_checkpoint_reports_missing_unexpected_and_mismatched_keys(tmp_path):
+    module = instantiate(compose_train(tmp_path, TINY).module)
+    weights = {k: torch.randn_like(v) for k, v in module.backbone.state_dict().items()}
+    del weights["final_layer.linear.bias"]
+    weights["extra.weight"] = torch.zeros(3)
+    weights["pos_embed"] = torch.zeros(1, 17, 128)
+    path = tmp_path / "ffs.pt"
+    torch.save({"ema": weights}, path)  # an official Latte file's layout
+
+    with pytest.raises(ValueError) as error:
+        from_checkpoint(module, str(path))
+    message = str(error.value)
+    for part in (
+        f"init.path={path}",
+        "1 missing: final_layer.linear.bias",
+        "1 unexpected: extra.weight",
+        "1 mismatched: pos_embed (checkpoint (1, 17, 128) vs model (1, 16, 128))",
+        "init.strict=false",
+    ):
+        assert part in message, message
+
+    own_bias = module.backbone.final_layer.linear.bias.detach().clone()
+    with pytest.warns(UserWarning, match="left out 1 missing"):
+        report = from_checkpoint(module, str(path), strict=False)
+    assert "x_embedder.proj.weight" in report["loaded"] and len(report["mismatched"]) == 1
+    assert torch.equal(module.backbone.x_embedder.proj.weight, weights["x_embedder.proj.weight"])
+    assert torch.equal(module.backbone.final_layer.linear.bias, own_bias), "a missing key keeps its own init"
+    assert all(torch.equal(module.ema.state_dict()[k], v) for k, v in module.backbone.state_dict().items())
+
+    with pytest.raises(ValueError, match=r"no weights under init.prefix='backbone.'; its prefixes: ema\."):
+        from_checkpoint(module, str(path), prefix="backbone.")
+
+
+def test_init_imagenet_dit_loads_the_spatial_blocks_into_backbone_and_ema(tmp_path):
+    from tests.test_latte_axes import fake_dit
+
+    dit = fake_dit()
+    torch.save(dit, tmp_path / "DiT-XL-2-256x256.pt")
+    weights = start_of(tmp_path, "init=imagenet_dit", f"paths.weights_dir={tmp_path}")["weights"]
+    key = "blocks.0.attn.qkv.weight"  # a spatial block's attention
+    assert torch.equal(weights[f"backbone.{key}"], dit[key]) and torch.equal(weights[f"ema.{key}"], dit[key])
+
+
+def test_a_checkpoint_whose_config_names_a_dit_file_samples_without_it(tmp_path, source):
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["config"]["module"]["backbone"]["pretrained_dit"] = str(
+        tmp_path / "gone.pt"
+    )
+    path = tmp_path / "before_init.ckpt"  # as runs with init=imagenet_dit stored it before init= was a step
+    torch.save(checkpoint, path)
+    cfg = compose_train(tmp_path, [f"ckpt_path={path}"], config_name="sample")
+    module = load_module(str(path), cfg, overrides=[])
+    assert torch.equal(module.ema.state_dict()["pos_embed"], checkpoint["state_dict"]["ema.pos_embed"])

@@ -41,13 +41,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(str(error), key="data") from error
     rank_zero_info(f"Instantiating module <{cfg.module._target_}>")
     module = instantiate(cfg.module)
+    ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
+    if ckpt_path is None and cfg.get("init") is not None:  # starting weights; a resumed run has its own
+        rank_zero_info(f"Initialising the module with <{cfg.init._target_}>")
+        instantiate(cfg.init)(module)
     module.save_hyperparameters(
         {"config": OmegaConf.to_container(cfg, resolve=True)}
     )  # -> checkpoint + loggers
     callbacks = instantiate_map(cfg.get("callbacks"), "callback")
     loggers = instantiate_map(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
     exit_code = 0
     try:
         with stop_on_signals() as stop:
@@ -135,8 +138,8 @@ def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str
             "autoencoder may change)"
         )
     trained = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
-    if OmegaConf.select(trained, "module.backbone.pretrained_dit") is not None:
-        trained.module.backbone.pretrained_dit = None  # the weights are in the checkpoint: no DiT file
+    if OmegaConf.select(trained, "module.backbone") is not None:  # runs of before init=: the weights are
+        trained.module.backbone.pop("pretrained_dit", None)  # in the checkpoint, no DiT file is needed
     _warn_if_unguided(trained, cfg)
     choices = {"sampler": instantiate(cfg.sampler)}  # each one only where the trained module has that part
     if cfg.get("autoencoder") is not None:
