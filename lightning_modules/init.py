@@ -29,7 +29,11 @@ def from_imagenet_dit(module: VideoModule, path: str, into: str = "backbone") ->
 
 
 def from_checkpoint(
-    module: VideoModule, path: str, prefix: str = "ema.", strict: bool = True, into: str = "backbone"
+    module: VideoModule,
+    path: str | None = None,
+    prefix: str = "ema.",
+    strict: bool = True,
+    into: str = "backbone",
 ) -> dict[str, list[str]]:
     """Load the tensors of ``path`` named ``<prefix><key>`` into ``module.<into>`` (and the EMA); a report.
 
@@ -40,6 +44,10 @@ def from_checkpoint(
     under ``prefix``; with ``strict=False`` what fits is loaded and the rest is listed in a warning.
     Report: ``loaded``, ``missing``, ``unexpected`` and ``mismatched`` keys (of ``module.<into>``).
     """
+    if path is None:  # init.path: ??? in conf/init/checkpoint.yaml
+        raise ValueError(
+            "init=checkpoint needs init.path=<a checkpoint of train.py or an official Latte file>"
+        )
     target = _submodule(module, into)
     weights = read_weights(path, prefix)
     own = target.state_dict()

@@ -211,6 +211,8 @@ def test_init_checkpoint_reports_missing_unexpected_and_mismatched_keys(tmp_path
 
     with pytest.raises(ValueError, match=r"no weights under init.prefix='backbone.'; its prefixes: ema\."):
         from_checkpoint(module, str(path), prefix="backbone.")
+    with pytest.raises(ValueError, match=r"init=checkpoint needs init.path="):
+        instantiate(compose_train(tmp_path, ["init=checkpoint"]).init)(module)  # init.path: ??? not given
 
 
 def test_init_imagenet_dit_loads_the_spatial_blocks_into_backbone_and_ema(tmp_path):
