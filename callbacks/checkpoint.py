@@ -1,5 +1,7 @@
 """ModelCheckpoint, plus the two steps a run must never lose: its last one and the one it was stopped at."""
 
+import warnings
+
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
@@ -12,6 +14,11 @@ class RunCheckpoint(ModelCheckpoint):
     - at the end of training, the final step, whatever the interval (``last.ckpt`` is always the last step);
     - when SIGTERM or Ctrl+C stops the run (``utils.lifecycle.stop_on_signals``), the step it stopped at.
     """
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args, **kwargs) -> None:
+        with warnings.catch_warnings():  # manual optimization (GANs): the weights after the step are the ones
+            warnings.filterwarnings("ignore", "Using ModelCheckpoint with manual optimization")  # to save
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.save_current_step(trainer)

@@ -1,5 +1,6 @@
-"""LightningModules of the framework's methods."""
+"""The methods' LightningModules, on one base (VideoModule: EMA, NaN guard, RNG, checkpoints)."""
 
+from lightning_modules.base import VideoModule
 from lightning_modules.latte_diffusion import LatteDiffusion
 
-__all__ = ["LatteDiffusion"]
+__all__ = ["LatteDiffusion", "VideoModule"]

@@ -6,21 +6,19 @@ Data flow of one training step (all videos are ``b f c h w``)::
     x_t, t, y --backbone--> eps (+ variance) --diffusion.training_losses--> loss = mse + vb
 
 Precision, devices, strategy and gradient clipping come from the Trainer config; the module only computes.
+The EMA, NaN guard, RNG streams and checkpoint rules are VideoModule's (lightning_modules/base.py).
 """
 
-import copy
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from diffusion import Objective, SamplerBase
-from utils.rng import gather_rng_states, set_rng_states
+from lightning_modules.base import VideoModule
 
 
-class LatteDiffusion(LightningModule):
+class LatteDiffusion(VideoModule):
     """Latent video diffusion with an EMA copy of the backbone that is checkpointed and used for sampling."""
 
     def __init__(
@@ -36,9 +34,7 @@ class LatteDiffusion(LightningModule):
         compile: bool = False,
         start_clip_iter: int = 0,
     ):
-        super().__init__()
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        super().__init__(ema_decay=ema_decay)
         if not isinstance(start_clip_iter, int) or start_clip_iter < 0:
             raise ValueError(f"module.start_clip_iter must be an int >= 0, got {start_clip_iter!r}")
         if backbone.learn_sigma != diffusion.learn_sigma:
@@ -53,17 +49,15 @@ class LatteDiffusion(LightningModule):
             )
         sampler.check(diffusion)  # a sampler for another objective (euler on Gaussian diffusion) fails here
         self.backbone = backbone
-        self.ema = copy.deepcopy(backbone).requires_grad_(False).eval()
+        self.add_ema("backbone")
         self.autoencoder = autoencoder
         self.diffusion = diffusion
         self.noise_prior = noise_prior
         self.sampler = sampler
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self.ema_decay = ema_decay
         self.start_clip_iter = start_clip_iter  # the Trainer's gradient clipping applies from this step on
         self.compile_backbone = compile  # torch.compile the training forward (1.34x on Latte-XL/2, H200)
-        self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
 
     #############################################################################
     #                                  Training                                 #
@@ -100,12 +94,7 @@ class LatteDiffusion(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.diffusion_losses(batch)
         loss = losses["loss"].mean()
-        if not torch.isfinite(loss):
-            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
-            raise FloatingPointError(
-                f"train/loss is {loss.item()} at step {self.global_step}; stopping before the optimizer "
-                f"step, so no checkpoint holds these weights. Last good checkpoint: {ckpt}"
-            )
+        self.check_finite(loss, "train/loss")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/loss_mse", losses["mse"].mean())
         if "vb" in losses:  # Gaussian diffusion's VLB term (flow matching has none)
@@ -155,59 +144,6 @@ class LatteDiffusion(LightningModule):
         if "image_label" in batch:  # image-video joint training: one label per appended image
             condition["y_image"] = batch["image_label"]
         return condition
-
-    #############################################################################
-    #                            EMA of the backbone                            #
-    #############################################################################
-
-    def on_fit_start(self) -> None:
-        if self.trainer.ckpt_path is None:  # a fresh run seeds the EMA with weights loaded after __init__
-            self.ema.load_state_dict(self.backbone.state_dict())
-        if self.global_rank > 0:  # important! one seed gave every rank the same init; now each rank draws
-            torch.manual_seed(torch.initial_seed() + self.global_rank)  # its own t, noise, dropout (as Latte)
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        """The optimizer's step, then the EMA's: before any callback's on_train_batch_end, so a checkpoint
-        written there holds the EMA of its own step."""
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """ema <- decay * ema + (1 - decay) * backbone, over every parameter (frozen embeddings included)."""
-        ema = list(self.ema.parameters())
-        live = [p.detach().to(e.dtype) for p, e in zip(self.backbone.parameters(), ema)]
-        torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay)
-
-    #############################################################################
-    # Checkpoints hold backbone + EMA, not the frozen autoencoder (it comes from its own weights file)#
-    #############################################################################
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Leave out the autoencoder; add every rank's RNG states, so that a resumed run draws on exactly."""
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("autoencoder.")
-        }
-        checkpoint["rng_states"] = gather_rng_states(self.device)  # one per rank, in rank order
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].update(
-            {f"autoencoder.{k}": v for k, v in self.autoencoder.state_dict().items()}
-        )
-        self._rng_states = checkpoint.get("rng_states")
-
-    def on_train_start(self) -> None:
-        """Resuming: continue this rank's RNG streams, after the per-rank reseeding and the sanity check."""
-        states, self._rng_states = self._rng_states, None
-        if states is None:
-            return
-        if len(states) != self.trainer.world_size:
-            rank_zero_warn(
-                f"the checkpoint holds the RNG states of {len(states)} ranks, this run has "
-                f"{self.trainer.world_size}: random draws start afresh (the resumed run is not exact)"
-            )
-            return
-        set_rng_states(states[self.global_rank], self.device)
 
     #############################################################################
     #                                  Sampling                                 #

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from backbones import load_official_latte
-from lightning_modules import LatteDiffusion
+from lightning_modules import VideoModule
 from utils.config import instantiate_map
 from utils.files import load_file
 from utils.lifecycle import USER_ERRORS, ConfigError, stop_on_signals
@@ -41,13 +41,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(str(error), key="data") from error
     rank_zero_info(f"Instantiating module <{cfg.module._target_}>")
     module = instantiate(cfg.module)
+    ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
+    if ckpt_path is None and cfg.get("init") is not None:  # starting weights; a resumed run has its own
+        rank_zero_info(f"Initialising the module with <{cfg.init._target_}>")
+        instantiate(cfg.init)(module)
     module.save_hyperparameters(
         {"config": OmegaConf.to_container(cfg, resolve=True)}
     )  # -> checkpoint + loggers
     callbacks = instantiate_map(cfg.get("callbacks"), "callback")
     loggers = instantiate_map(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    ckpt_path = cfg.get("ckpt_path") or checkpoint_in_run_folder(Path(cfg.paths.output_dir))
     exit_code = 0
     try:
         with stop_on_signals() as stop:
@@ -87,10 +90,11 @@ OUR_OR_OFFICIAL = "a checkpoint of this framework or an official Latte file"
 TRAINED = ("backbone", "diffusion", "module")  # what a train.py checkpoint fixes: not overridable at sampling
 
 
-def load_module(ckpt_path: str, cfg: DictConfig, overrides: Sequence[str] | None = None) -> LatteDiffusion:
+def load_module(ckpt_path: str, cfg: DictConfig, overrides: Sequence[str] | None = None) -> VideoModule:
     """A module from one of our Lightning checkpoints or an official Latte release file (``{"ema": ...}``).
 
-    A checkpoint of train.py is rebuilt from the config stored in it. ``cfg`` changes only what sampling may
+    A checkpoint of train.py is rebuilt from the config stored in it, as the module class that wrote it
+    (``module._target_``: LatteDiffusion or any other VideoModule). ``cfg`` changes only what sampling may
     change: the sampler (always ``cfg.sampler``), the autoencoder (when set) and the noise prior (when
     given); overriding the trained model (``backbone``, ``diffusion``, ``module``) is an error. ``overrides``:
     the ``key=value`` command-line overrides, by default those of the running Hydra app (none outside one).
@@ -124,7 +128,7 @@ def _given(keys: list[str], group: str) -> list[str]:
     return [key for key in keys if key == group or key.startswith(f"{group}.")]
 
 
-def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str]) -> LatteDiffusion:
+def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str]) -> VideoModule:
     """Rebuild a train.py run's module from its stored config, with the sampling-time choices of ``cfg``."""
     fixed = [key for group in TRAINED for key in _given(given, group)]
     if fixed:
@@ -134,23 +138,29 @@ def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str
             "autoencoder may change)"
         )
     trained = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
-    if OmegaConf.select(trained, "module.backbone.pretrained_dit") is not None:
-        trained.module.backbone.pretrained_dit = None  # the weights are in the checkpoint: no DiT file
+    if OmegaConf.select(trained, "module.backbone") is not None:  # runs of before init=: the weights are
+        trained.module.backbone.pop("pretrained_dit", None)  # in the checkpoint, no DiT file is needed
     _warn_if_unguided(trained, cfg)
-    choices = {"sampler": instantiate(cfg.sampler)}
+    choices = {"sampler": instantiate(cfg.sampler)}  # each one only where the trained module has that part
     if cfg.get("autoencoder") is not None:
         choices["autoencoder"] = instantiate(cfg.autoencoder)
     if _given(given, "noise_prior"):
         choices["noise_prior"] = instantiate(cfg.noise_prior)
+    choices = {name: part for name, part in choices.items() if name in trained.module}
     module = instantiate(trained.module, **choices)
+    if not isinstance(module, VideoModule):
+        raise ValueError(f"module._target_={trained.module._target_} of this checkpoint is not a VideoModule")
     source = "given on the command line" if "noise_prior" in choices else "the trained run's"
-    rank_zero_info(f"sampling with {module.sampler!r} and the noise prior {module.noise_prior!r} ({source})")
+    rank_zero_info(
+        f"sampling {type(module).__name__} with {getattr(module, 'sampler', None)!r} and the noise prior "
+        f"{getattr(module, 'noise_prior', None)!r} ({source})"
+    )
     module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
     module.load_state_dict(checkpoint["state_dict"])
     return module
 
 
-def _from_official_file(checkpoint: dict, cfg: DictConfig, given: list[str]) -> LatteDiffusion:
+def _from_official_file(checkpoint: dict, cfg: DictConfig, given: list[str]) -> VideoModule:
     """A module around an official Latte backbone, described by ``cfg.official``, with ``cfg``'s parts."""
     if _given(given, "backbone"):
         raise ValueError(
@@ -204,7 +214,7 @@ def sample(cfg: DictConfig) -> list[Path]:
     for start in range(0, cfg.num_videos, cfg.batch_size):
         n = min(cfg.batch_size, cfg.num_videos - start)
         videos.append(module.sample(n, generator=generator).cpu())  # (n, f, c, h, w) in [-1, 1]
-        rank_zero_info(f"sampled {start + n}/{cfg.num_videos} videos with {module.sampler.name}")
+        rank_zero_info(f"sampled {start + n}/{cfg.num_videos} videos with {_sampler_name(module)}")
     videos = torch.cat(videos)
     grid = video_grid(videos)
     written = [write_mp4(out / "grid.mp4", grid, cfg.fps), write_gif(out / "grid.gif", grid, cfg.fps)]
@@ -212,6 +222,12 @@ def sample(cfg: DictConfig) -> list[Path]:
         written.append(write_mp4(out / "videos" / f"{i:04d}.mp4", video_grid(video[None], pad=0), cfg.fps))
     rank_zero_info(f"wrote {len(videos)} videos and a grid to {out}")
     return written
+
+
+def _sampler_name(module: VideoModule) -> str:
+    """The name of the module's sampler, e.g. "ddim25-eta0.0"; the class name if it has none (a GAN)."""
+    sampler = getattr(module, "sampler", None)
+    return sampler.name if sampler is not None else type(module).__name__
 
 
 def _finish_wandb(exit_code: int = 0) -> None:

@@ -1,5 +1,6 @@
 """Callbacks that record what a run saw, for tests that drive train.py through its config."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -8,13 +9,27 @@ from lightning.pytorch import Callback
 
 
 class StartProbe(Callback):
-    """Records the step count and EMA weights a run starts training from (in the class attribute ``seen``)."""
+    """Records the step count, EMA weights, all weights and optimizer states a run starts training from (in
+    the class attribute ``seen``)."""
 
     seen: list[dict] = []
 
     def on_train_start(self, trainer, module) -> None:
         ema = {f"ema.{k}": v.detach().clone() for k, v in module.ema.state_dict().items()}
-        StartProbe.seen.append({"step": trainer.global_step, "ema": ema})
+        weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        optimizers = [copy.deepcopy(optimizer.state_dict()) for optimizer in trainer.optimizers]
+        StartProbe.seen.append(
+            {"step": trainer.global_step, "ema": ema, "weights": weights, "optim": optimizers}
+        )
+
+
+class EndProbe(Callback):
+    """Keeps the trained module (in the class attribute ``seen``), for a look inside it after train()."""
+
+    seen: list = []
+
+    def on_train_end(self, trainer, module) -> None:
+        EndProbe.seen.append(module)
 
 
 class RandomDrawProbe(Callback):

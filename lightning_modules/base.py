@@ -1,0 +1,143 @@
+"""VideoModule: what every method's LightningModule shares, so that a method only says how it trains.
+
+- an EMA copy of one submodule (``add_ema``), updated after each optimizer step in automatic optimization;
+  a module with manual optimization (``automatic_optimization = False``, e.g. a generator and a critic)
+  calls ``update_ema()`` itself, right after its generator's ``step()``;
+- the NaN guard (``check_finite``): a non-finite loss stops the run before the optimizer step, naming the
+  step and the last good checkpoint;
+- per-rank reseeding at fit start; every rank's RNG states saved in each checkpoint and restored on resume;
+- the frozen submodules named in ``unsaved`` (the autoencoder, which has its own weights file) are left out
+  of checkpoints and filled back in from the module when one is loaded;
+- the ``sample(num_videos, y, generator, sampler, use_ema) -> (b f c h w) in [-1, 1]`` protocol that the
+  video and metrics callbacks, sample.py and evaluate.py call.
+
+A subclass that overrides a hook of this file (``on_fit_start``, ``optimizer_step``, ``on_train_start``,
+``on_save_checkpoint``, ``on_load_checkpoint``) calls ``super()`` in it.
+"""
+
+import copy
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from utils.rng import gather_rng_states, set_rng_states
+
+
+class VideoModule(LightningModule):
+    """Base of the framework's LightningModules: EMA, NaN guard, RNG streams, checkpoint rules, sampling."""
+
+    unsaved: tuple[str, ...] = ("autoencoder",)  # frozen submodules that checkpoints leave out
+
+    def __init__(self, ema_decay: float = 0.9999):
+        super().__init__()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.ema_decay = ema_decay
+        self.ema_of: str | None = None  # the name of the submodule that `self.ema` averages (add_ema)
+        self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
+
+    #############################################################################
+    #                                    EMA                                    #
+    #############################################################################
+
+    def add_ema(self, name: str = "backbone") -> None:
+        """Keep ``self.ema``, a frozen copy of the submodule ``name`` that ``update_ema`` averages."""
+        self.ema_of = name
+        self.ema = copy.deepcopy(self.get_submodule(name)).requires_grad_(False).eval()
+
+    def on_fit_start(self) -> None:
+        if self.trainer.ckpt_path is None:  # a fresh run seeds the EMA with weights loaded after __init__
+            self.reset_ema()
+        if self.global_rank > 0:  # important! one seed gave every rank the same init; now each rank draws
+            torch.manual_seed(torch.initial_seed() + self.global_rank)  # its own t, noise, dropout (as Latte)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer's step, then the EMA's: before any callback's on_train_batch_end, so a checkpoint
+        written there holds the EMA of its own step. (Manual optimization never calls this hook.)"""
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * live, over every parameter (frozen embeddings included)."""
+        if self.ema_of is None:
+            return
+        ema = list(self.ema.parameters())
+        live = [p.detach().to(e.dtype) for p, e in zip(self.get_submodule(self.ema_of).parameters(), ema)]
+        torch._foreach_lerp_(ema, live, 1.0 - self.ema_decay)
+
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """ema <- the live weights (a fresh run, or new initial weights)."""
+        if self.ema_of is not None:
+            self.ema.load_state_dict(self.get_submodule(self.ema_of).state_dict())
+
+    #############################################################################
+    #                                 NaN guard                                 #
+    #############################################################################
+
+    def check_finite(self, loss: torch.Tensor, name: str = "train/loss") -> None:
+        """Stop before the optimizer step if ``loss`` is NaN or infinite, naming the last good checkpoint."""
+        if torch.isfinite(loss):
+            return
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise FloatingPointError(
+            f"{name} is {loss.item()} at step {self.global_step}; stopping before the optimizer "
+            f"step, so no checkpoint holds these weights. Last good checkpoint: {ckpt}"
+        )
+
+    #############################################################################
+    #   Checkpoints: no frozen autoencoder (it comes from its own weights file), every rank's RNG states  #
+    #############################################################################
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Leave out the ``unsaved`` submodules; add every rank's RNG states (for an exact resume)."""
+        prefixes = tuple(f"{name}." for name in self.unsaved)
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)
+        }
+        checkpoint["rng_states"] = gather_rng_states(self.device)  # one per rank, in rank order
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Fill in the ``unsaved`` submodules from this module; keep the RNG states for on_train_start."""
+        for name in self.unsaved:
+            submodule = getattr(self, name, None)
+            if isinstance(submodule, nn.Module):
+                checkpoint["state_dict"].update({f"{name}.{k}": v for k, v in submodule.state_dict().items()})
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """Resuming: continue this rank's RNG streams, after the per-rank reseeding and the sanity check."""
+        states, self._rng_states = self._rng_states, None
+        if states is None:
+            return
+        if len(states) != self.trainer.world_size:
+            rank_zero_warn(
+                f"the checkpoint holds the RNG states of {len(states)} ranks, this run has "
+                f"{self.trainer.world_size}: random draws start afresh (the resumed run is not exact)"
+            )
+            return
+        set_rng_states(states[self.global_rank], self.device)
+
+    #############################################################################
+    #                                  Sampling                                 #
+    #############################################################################
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_videos: int,
+        y: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sampler: Callable | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Generate ``num_videos`` videos (b f c h w, pixels in [-1, 1]); random classes if ``y`` is None.
+
+        ``sampler`` replaces the module's own for this call (None: the module's); ``use_ema``: sample with
+        the EMA weights (False: the live ones).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
