@@ -2,29 +2,38 @@
 
 Written from the facts of the official Latte code (github.com/Vchitect/Latte: `models/latte.py`,
 `models/latte_img.py`) and the ablations of the Latte paper (its Fig. 6): 4 model variants, 2 patch
-embeddings, 2 ways to inject the timestep/class, 2 temporal position embeddings, ImageNet-DiT init
-(backbones/pretrained.py) and image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute)
-are the official model: its parameter names equal the official ones, so the released checkpoints load
-strictly.
+embeddings, 2 ways to inject the timestep/class, 2 temporal position embeddings and image-video joint
+training. The defaults (variant 1, uniform, s_adaln, absolute) are the official model: its parameter names
+equal the official ones, so the released checkpoints load strictly (backbones/pretrained.py, which also holds
+the ImageNet-DiT init). The layers it shares with other networks are in backbones/layers.py.
 
 Videos are `b f c h w` (frames before channels) at the input and at the output. Inside, tokens are kept as
 (b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l tokens (the
 patch tokens, led by the 1-2 conditioning tokens with conditioning="all_tokens").
 """
 
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from backbones.pretrained import load_dit_init
-from utils.files import load_file
+from backbones.layers import (
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    RotaryEmbedding,
+    TimestepEmbedder,
+    adaln_chunks,
+    gated,
+    modulate,
+    require,
+    sincos_1d,
+    sincos_2d,
+)
 
 LATTE_SIZES: dict[str, dict] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -35,22 +44,6 @@ LATTE_SIZES: dict[str, dict] = {
 }
 
 
-def _require(ok: bool, message: str) -> None:
-    """Raise a ValueError with `message` unless `ok` (config validation)."""
-    if not ok:
-        raise ValueError(message)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift (broadcast over tokens); the identity without adaLN (None)."""
-    return x if shift is None else x * (1 + scale) + shift
-
-
-def gated(gate: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """adaLN-Zero gate of a residual branch; the identity without adaLN (None)."""
-    return x if gate is None else gate * x
-
-
 def add_to_video(x: torch.Tensor, video: int, update: torch.Tensor) -> torch.Tensor:
     """x (b, t, l, d) plus `update` on its first `video` frames (the clip); images after them stay."""
     if video == x.shape[1]:
@@ -59,61 +52,8 @@ def add_to_video(x: torch.Tensor, video: int, update: torch.Tensor) -> torch.Ten
 
 
 #################################################################################
-#               Fixed Sine-Cosine and Rotary Position Embeddings                #
+#                   Patch Embeddings: Per Frame or Tubelets (axis 2)            #
 #################################################################################
-
-
-def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """1-D sin-cos table (len(positions), dim): [sin(pos * w), cos(pos * w)], w_k = 10000^(-2k/dim)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
-    angles = positions.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
-
-
-def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
-    """2-D sin-cos table (grid_size**2, dim) in row-major token order; first half = column, second = row."""
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
-
-
-class RotaryEmbedding(nn.Module):
-    """RoPE over the sequence index: channel pairs (k, k + e/2) rotate by angle pos * base^(-2k/e)."""
-
-    def __init__(self, head_dim: int, base: float = 10000.0):
-        super().__init__()
-        assert head_dim % 2 == 0, f"RoPE rotates channel pairs, so head_dim={head_dim} must be even"
-        self.head_dim, self.base = head_dim, base
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate queries or keys (n, h, L, e) by their position 0..L-1 along dim 2."""
-        half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (e/2,)
-        positions = torch.arange(x.shape[2], dtype=torch.float32, device=x.device)  # (L,)
-        angles = positions[:, None] * inv_freq[None]  # (L, e/2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, e/2)
-        x1, x2 = x[..., :half], x[..., half:]  # (n, h, L, e/2)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (n, h, L, e)
-
-
-#################################################################################
-#                                Embedding Layers                               #
-#################################################################################
-
-
-class PatchEmbed(nn.Module):
-    """Uniform patch embedding: every frame cut into p x p patches by a Conv2d with kernel = stride = p."""
-
-    frames_per_token = 1
-
-    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed frames (b, f, c, h, w) into row-major patch tokens (b, f, h*w/p^2, d)."""
-        b = x.shape[0]
-        x = self.proj(rearrange(x, "b f c h w -> (b f) c h w"))  # (b*f, d, h/p, w/p)
-        return rearrange(x, "(b f) d gh gw -> b f (gh gw) d", b=b)  # (b, f, l, d)
 
 
 class TubeletEmbed(nn.Module):
@@ -167,46 +107,6 @@ PATCH_EMBEDDINGS: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "uniform": uniform_patches,
     "compression": compression_patches,
 }
-
-
-class TimestepEmbedder(nn.Module):
-    """Timesteps to vectors: 256-dim frequency embedding (cos first), then Linear-SiLU-Linear."""
-
-    def __init__(self, hidden_size: int, frequency_size: int = 256, max_period: float = 10000.0):
-        super().__init__()
-        self.frequency_size, self.max_period = frequency_size, max_period
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embed integer or float timesteps (b,) into (b, d)."""
-        half = self.frequency_size // 2
-        k = torch.arange(half, dtype=torch.float32, device=t.device)  # (half,)
-        freqs = torch.exp(-math.log(self.max_period) * k / half)  # (half,)
-        angles = t[:, None].float() * freqs[None]  # (b, half)
-        t_freq = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)  # (b, 256)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (b, d)
-
-
-class LabelEmbedder(nn.Module):
-    """Class labels to vectors; row `num_classes` is the null class used by label dropout and CFG."""
-
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
-        super().__init__()
-        self.num_classes, self.dropout_prob = num_classes, dropout_prob
-        # The null row is always there (the official omits it at dropout_prob 0, which no release uses).
-        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
-
-    def forward(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed labels (b,) into (b, d); in training mode each label becomes null with p = dropout_prob."""
-        if force_drop_ids is not None:
-            drop = force_drop_ids == 1  # (b,)
-            labels = torch.where(drop, self.num_classes, labels)  # (b,)
-        elif self.training and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob  # (b,)
-            labels = torch.where(drop, self.num_classes, labels)  # (b,)
-        return self.embedding_table(labels)  # (b, d)
 
 
 #################################################################################
@@ -272,13 +172,6 @@ CONDITIONINGS: dict[str, Conditioner] = {
     "s_adaln": AdaLNConditioning,
     "all_tokens": TokenConditioning,
 }
-
-
-def adaln_chunks(modulation: nn.Module | None, c: torch.Tensor | None, chunks: int) -> tuple:
-    """The `chunks` modulation tensors (b, t, 1, d) from per-frame c (b, t, d); all None without adaLN."""
-    if modulation is None:
-        return (None,) * chunks
-    return modulation(c).unsqueeze(2).chunk(chunks, dim=-1)  # chunks x (b, t, 1, d)
 
 
 #################################################################################
@@ -377,20 +270,6 @@ class FactorisedHeadsAttention(Attention):
 #################################################################################
 
 
-class Mlp(nn.Module):
-    """Feed-forward network d -> mlp_ratio*d -> d with tanh-approximated GELU."""
-
-    def __init__(self, hidden_size: int, mlp_ratio: float):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, int(hidden_size * mlp_ratio))
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(int(hidden_size * mlp_ratio), hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise: (..., d) -> (..., d)."""
-        return self.fc2(self.act(self.fc1(x)))  # (..., d)
-
-
 class LatteBlock(nn.Module):
     """Pre-norm transformer block: its attention branch(es), then an MLP branch; subclasses pick attentions.
 
@@ -474,7 +353,7 @@ def matched_depth(depth: int, block: type[LatteBlock], mlp_ratio: float) -> int:
 
 def interleaved(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
     """Variant 1 (official): blocks[2k] spatial, blocks[2k+1] temporal."""
-    _require(
+    require(
         depth % 2 == 0, f"variant 1 pairs spatial and temporal blocks: depth={depth}, but depth must be even"
     )
     return [SpatialBlock, TemporalBlock] * (depth // 2)
@@ -482,7 +361,7 @@ def interleaved(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
 
 def late_fusion(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
     """Variant 2: the first half of the blocks spatial, the second half temporal."""
-    _require(depth % 2 == 0, f"variant 2 splits the blocks in half: depth={depth}, but depth must be even")
+    require(depth % 2 == 0, f"variant 2 splits the blocks in half: depth={depth}, but depth must be even")
     return [SpatialBlock] * (depth // 2) + [TemporalBlock] * (depth // 2)
 
 
@@ -549,8 +428,8 @@ class Latte(nn.Module):
       attends across frames: after block 0 for variant 1, before block depth/2 for 2, at the input for 3
       and 4) or "rope" (rotary embedding of the frame index on q and k in every temporal attention, at
       every token location; there is no `temp_embed`).
-    * `pretrained_dit`: path of an ImageNet DiT checkpoint that initialises the spatial parts
-      (backbones/pretrained.py); its report is kept in `dit_init_report`.
+    * `pretrained_dit`: compatibility until `init=imagenet_dit` applies `backbones.init_from_dit` to the
+      built model: path of an ImageNet DiT checkpoint for the spatial parts; report in `dit_init_report`.
 
     Depth per variant (the paper equalised parameters): a block of variants 1, 2 and 4 holds qkv + proj
     (4 D²), the MLP (8 D²) and adaLN (6 D²), so they keep the size's depth; a variant-3 block has a second
@@ -586,53 +465,53 @@ class Latte(nn.Module):
         pretrained_dit: str | os.PathLike | None = None,
     ):
         super().__init__()
-        _require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
+        require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
         depth, hidden_size, num_heads = (LATTE_SIZES[size][k] for k in ("depth", "hidden_size", "num_heads"))
-        _require(patch_size >= 1, f"patch_size={patch_size} must be a positive integer")
-        _require(input_size >= 1, f"input_size={input_size} must be a positive integer (latent side length)")
-        _require(
+        require(patch_size >= 1, f"patch_size={patch_size} must be a positive integer")
+        require(input_size >= 1, f"input_size={input_size} must be a positive integer (latent side length)")
+        require(
             input_size % patch_size == 0,
             f"input_size={input_size} is not divisible by patch_size={patch_size}: "
             "the latent grid must split into whole patches",
         )
-        _require(in_channels >= 1, f"in_channels={in_channels} must be >= 1")
-        _require(num_frames >= 1, f"num_frames={num_frames} must be >= 1")
-        _require(num_classes >= 0, f"num_classes={num_classes} must be >= 0 (0 = unconditional)")
-        _require(0 <= class_dropout_prob <= 1, f"class_dropout_prob={class_dropout_prob} must be in [0, 1]")
-        _require(mlp_ratio > 0, f"mlp_ratio={mlp_ratio} must be > 0")
-        _require(
+        require(in_channels >= 1, f"in_channels={in_channels} must be >= 1")
+        require(num_frames >= 1, f"num_frames={num_frames} must be >= 1")
+        require(num_classes >= 0, f"num_classes={num_classes} must be >= 0 (0 = unconditional)")
+        require(0 <= class_dropout_prob <= 1, f"class_dropout_prob={class_dropout_prob} must be in [0, 1]")
+        require(mlp_ratio > 0, f"mlp_ratio={mlp_ratio} must be > 0")
+        require(
             hidden_size % num_heads == 0 and hidden_size % 4 == 0,
             f"size={size!r} has hidden_size={hidden_size}, which must be divisible by num_heads={num_heads} "
             "and by 4 (2-D sin-cos position embedding)",
         )
-        _require(
+        require(
             variant in VARIANTS,
             f"variant={variant!r} is unknown; valid variants: 1 (interleaved), 2 (late fusion), "
             "3 (factorised attention), 4 (factorised heads)",
         )
-        _require(
+        require(
             patch_embed in PATCH_EMBEDDINGS,
             f"patch_embed={patch_embed!r} is unknown; valid: {', '.join(PATCH_EMBEDDINGS)}",
         )
-        _require(
+        require(
             conditioning in CONDITIONINGS,
             f"conditioning={conditioning!r} is unknown; valid: {', '.join(CONDITIONINGS)}",
         )
-        _require(
+        require(
             temporal_pos in TEMPORAL_POSITIONS,
             f"temporal_pos={temporal_pos!r} is unknown; valid: {', '.join(TEMPORAL_POSITIONS)}",
         )
-        _require(temporal_stride >= 1, f"temporal_stride={temporal_stride} must be a positive integer")
-        _require(
+        require(temporal_stride >= 1, f"temporal_stride={temporal_stride} must be a positive integer")
+        require(
             patch_embed != "compression" or num_frames % temporal_stride == 0,
             f"num_frames={num_frames} is not divisible by temporal_stride={temporal_stride}: "
             "compression patch embedding cuts the clip into tubelets of temporal_stride frames",
         )
-        _require(
+        require(
             variant != 4 or num_heads % 2 == 0,
             f"variant 4 splits the heads between space and time, but size={size!r} has num_heads={num_heads}",
         )
-        _require(
+        require(
             temporal_pos != "rope" or (hidden_size // num_heads) % 2 == 0,
             f"RoPE rotates channel pairs, but size={size!r} has an odd head dim {hidden_size // num_heads}",
         )
@@ -667,7 +546,12 @@ class Latte(nn.Module):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, self.conditioner)
         self.initialize_weights()
-        self.dit_init_report = None if pretrained_dit is None else load_dit_init(self, pretrained_dit)
+        self.dit_init_report = None
+        if pretrained_dit is not None:  # compatibility until init=imagenet_dit applies init_from_dit itself
+            # Imported here, not at the top: backbones/pretrained.py imports this module.
+            from backbones.pretrained import init_from_dit
+
+            self.dit_init_report = init_from_dit(self, pretrained_dit)
 
     def initialize_weights(self) -> None:
         """Official initialisation; adaLN-Zero and the last output layer start at zero, so the output is 0."""
@@ -756,7 +640,7 @@ class Latte(nn.Module):
         assert (y is not None) == (self.y_embedder is not None), (
             f"y must be given iff the model is class-conditional (num_classes={self.num_classes})"
         )
-        _require(
+        require(
             images == 0 or self.x_embedder.frames_per_token == 1,
             f"x carries {images} image frames after the num_frames={self.num_frames} clip, but "
             f"patch_embed='compression' merges frames into tubelets: image-video joint training needs "
@@ -777,85 +661,3 @@ class Latte(nn.Module):
         x = self.final_layer(x[:, :, m:], c)  # (b, t, l, p*p*c_out): the conditioning tokens are dropped
         x = self.unpatchify(x)  # (b, t, c_out, h, w)
         return self.frame_upsample(x)  # (b, f, c_out, h, w)
-
-
-#################################################################################
-#                              Official Checkpoints                             #
-#################################################################################
-
-
-def _parse_model_name(model: str) -> tuple[str, int]:
-    """Official model name like 'Latte-XL/2' or 'LatteIMG-XL/2' to (size, patch_size)."""
-    names = {
-        f"{prefix}-{size}/{patch}": (size, patch)
-        for prefix in ("Latte", "LatteIMG")
-        for size in LATTE_SIZES
-        for patch in (2, 4, 8)
-    }
-    _require(model in names, f"model={model!r} is not a Latte model name; valid names: {', '.join(names)}")
-    return names[model]
-
-
-def load_official_latte(
-    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
-    model: str = "Latte-XL/2",
-    input_size: int = 32,
-    num_frames: int = 16,
-    in_channels: int = 4,
-    learn_sigma: bool = True,
-    num_classes: int | None = None,
-) -> Latte:
-    """Build a Latte from an official release file (a dict with "ema" or "model") and load it strictly.
-
-    `num_classes=None` infers it from `y_embedder.embedding_table.weight` (rows - 1), else 0.
-    Returns the model in eval mode.
-    """
-    size, patch_size = _parse_model_name(model)
-    checkpoint = path_or_state_dict
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = load_file(checkpoint, "an official Latte file")
-    _require(
-        isinstance(checkpoint, Mapping), f"a Latte checkpoint is a dict, got {type(checkpoint).__name__}"
-    )
-    found = list(checkpoint)
-    _require(
-        "ema" in checkpoint or "model" in checkpoint,
-        f"checkpoint has neither an 'ema' nor a 'model' entry; found {len(found)} keys: {found[:8]}",
-    )
-    state_dict = checkpoint["ema"] if "ema" in checkpoint else checkpoint["model"]
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    if num_classes is None:
-        table = state_dict.get("y_embedder.embedding_table.weight")
-        num_classes = 0 if table is None else table.shape[0] - 1
-
-    with torch.device("meta"):  # no random init: the strict load below sets every tensor
-        latte = Latte(
-            size=size,
-            patch_size=patch_size,
-            input_size=input_size,
-            in_channels=in_channels,
-            num_frames=num_frames,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-        )
-    expected = {key: tuple(value.shape) for key, value in latte.state_dict().items()}
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    _require(
-        not missing and not unexpected,
-        f"checkpoint does not match {model} (num_classes={num_classes}): "
-        f"missing keys {missing}, unexpected keys {unexpected}",
-    )
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {shape}"
-        for key, shape in expected.items()
-        if tuple(state_dict[key].shape) != shape
-    ]
-    _require(
-        not mismatched,
-        f"checkpoint shapes do not match {model} with input_size={input_size}, num_frames={num_frames}, "
-        f"in_channels={in_channels}, learn_sigma={learn_sigma}, num_classes={num_classes}: {mismatched}",
-    )
-    latte.to_empty(device="cpu")  # every tensor is a Parameter in the state_dict, so none stays empty
-    latte.load_state_dict(state_dict, strict=True)
-    return latte.eval()

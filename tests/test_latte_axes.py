@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.latte import LATTE_SIZES, Latte, RotaryEmbedding
-from backbones.pretrained import DIT_URL, load_dit_init
+from backbones.latte import LATTE_SIZES, Latte
+from backbones.layers import RotaryEmbedding
+from backbones.pretrained import DIT_URL, init_from_dit
 
 TINY = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)
 HIDDEN, PATCH, GRID = 128, 2, 4
@@ -402,7 +403,7 @@ def fake_dit(depth: int = 4, learn_sigma: bool = True, seed: int = 0) -> dict[st
 def test_dit_init_loads_spatial_blocks_and_keeps_temporal_init():
     dit = fake_dit()
     fresh, model = tiny(perturb=False, seed=3), tiny(perturb=False, seed=3)
-    report = load_dit_init(model, {"ema": dit})
+    report = init_from_dit(model, {"ema": dit})
     state, init = model.state_dict(), fresh.state_dict()
     for i in (0, 2):  # spatial blocks
         for name in ("attn.qkv.weight", "attn.proj.bias", "mlp.fc2.weight", "adaLN_modulation.1.weight"):
@@ -427,7 +428,7 @@ def test_dit_init_variant3_compression_and_shape_mismatch():
     dit = fake_dit()
     model = tiny(perturb=False, seed=3, variant=3, patch_embed="compression", learn_sigma=False)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    report = load_dit_init(model, dit)
+    report = init_from_dit(model, dit)
     state = model.state_dict()
     assert torch.equal(state["blocks.2.attn.qkv.weight"], dit["blocks.2.attn.qkv.weight"])
     assert torch.equal(state["blocks.2.adaLN_modulation.1.bias"], dit["blocks.2.adaLN_modulation.1.bias"])
@@ -448,7 +449,7 @@ def test_dit_init_variant3_compression_and_shape_mismatch():
 def test_dit_init_variant4_loads_whole_blocks():
     dit = fake_dit()
     model = tiny(perturb=False, variant=4)
-    report = load_dit_init(model, dit)
+    report = init_from_dit(model, dit)
     assert torch.equal(model.blocks[1].attn.qkv.weight, dit["blocks.1.attn.qkv.weight"]), (
         "factorised-heads blocks have no temporal-only tensors: the whole block starts from DiT's"
     )
@@ -467,7 +468,7 @@ def test_dit_init_from_constructor_file_and_all_tokens(tmp_path):
 def test_dit_init_of_another_width_is_an_error_not_a_silent_partial_init():
     narrow = {k: v[..., : v.shape[-1] // 2] if k.startswith("blocks.") else v for k, v in fake_dit().items()}
     with pytest.raises(ValueError, match=r"does not fit this Latte: blocks\.0\..*hidden 128"):
-        load_dit_init(tiny(perturb=False), narrow)
+        init_from_dit(tiny(perturb=False), narrow)
 
 
 def test_dit_init_missing_file_says_where_to_get_it(tmp_path):
