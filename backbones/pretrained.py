@@ -150,14 +150,18 @@ def dit_targets(latte: Latte) -> set[str]:
 
 
 def fit_patch_embedding(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A DiT patch kernel (d, c, p, p) shaped for Latte's (d, c, [s,] p, p); unchanged if it cannot fit.
+    """A DiT patch kernel (d, c, p, p) shaped for Latte's (d, c', [s,] p, p); unchanged if it cannot fit.
 
     A compression tubelet of s equal frames embeds like DiT's patch of one: the kernel is inflated over
-    the s frames and divided by s.
+    the s frames and divided by s. Input channels beyond DiT's c (c' > c, e.g. AAPT's previous frame)
+    keep Latte's own init (`extra_channels_init`).
     """
     if target.ndim == 5 and value.ndim == 4:
         frames = target.shape[2]
         value = value.unsqueeze(2).expand(-1, -1, frames, -1, -1) / frames  # (d, c, s, p, p)
+    extra = target.shape[1] - value.shape[1]
+    if extra > 0 and value.shape[2:] == target.shape[2:] and value.shape[0] == target.shape[0]:
+        value = torch.cat([value.to(target.dtype), target[:, -extra:].detach()], dim=1)  # (d, c', [s,] p, p)
     return value
 
 

@@ -144,16 +144,16 @@ def test_joint_training_images_never_meet_the_clip(variant, conditioning, tempor
     x, t = inputs(frames=4 + 3)
     y, y_image = torch.tensor([1, 2]), torch.tensor([[0, 3, 4], [2, 2, 1]])
     with torch.no_grad():
-        out = model(x, t, y, y_image)
+        out = model(x, t, y, y_image, num_images=3)
         assert out.shape == (2, 7, 8, 8, 8)
         other = x.clone()
         other[:, 5:] = torch.randn_like(other[:, 5:])  # new images 1 and 2
-        changed = model(other, t, y, y_image)
+        changed = model(other, t, y, y_image, num_images=3)
         assert torch.equal(changed[:, :5], out[:, :5]), "the clip and image 0 ignore images 1, 2"
         assert not torch.allclose(changed[:, 5:], out[:, 5:]), "images 1, 2 changed"
         other = x.clone()
         other[:, :4] = torch.randn_like(other[:, :4])  # a new clip
-        changed = model(other, t, y, y_image)
+        changed = model(other, t, y, y_image, num_images=3)
         assert torch.equal(changed[:, 4:], out[:, 4:]), "images ignore the clip's content"
         clip_only = model(x[:, :4], t, y)
     torch.testing.assert_close(out[:, :4], clip_only, atol=1e-5, rtol=1e-5)
@@ -167,7 +167,7 @@ def test_joint_training_images_never_meet_the_clip(variant, conditioning, tempor
 def test_joint_training_images_skip_temporal_weights(variant, temporal):
     model = tiny(variant=variant)
     x, t = inputs(frames=4 + 2)
-    model(x, t)[:, 4:].square().sum().backward()  # the images' outputs only
+    model(x, t, num_images=2)[:, 4:].square().sum().backward()  # the images' outputs only
     grads = {name: p.grad.abs().sum().item() for name, p in model.named_parameters() if p.requires_grad}
     skipped = {name for name in grads if re.match(rf".*{temporal}", name)}
     assert skipped and all(grads[name] == 0 for name in skipped), "images skip the temporal part"
@@ -179,34 +179,34 @@ def test_joint_training_labels_are_per_image():
     x, t = inputs(frames=6)
     y, y_image = torch.tensor([1, 2]), torch.tensor([[0, 3], [4, 4]])
     with torch.no_grad():
-        out = model(x, t, y, y_image)
-        new_clip_label = model(x, t, torch.tensor([3, 0]), y_image)
+        out = model(x, t, y, y_image, num_images=2)
+        new_clip_label = model(x, t, torch.tensor([3, 0]), y_image, num_images=2)
         assert not torch.allclose(new_clip_label[:, :4], out[:, :4])
         assert torch.equal(new_clip_label[:, 4:], out[:, 4:]), "images are conditioned on their own labels"
-        new_image_label = model(x, t, y, torch.tensor([[2, 3], [4, 4]]))
+        new_image_label = model(x, t, y, torch.tensor([[2, 3], [4, 4]]), num_images=2)
         assert not torch.allclose(new_image_label[0, 4], out[0, 4])
         assert torch.equal(new_image_label[:, :4], out[:, :4]) and torch.equal(
             new_image_label[:, 5], out[:, 5]
         )
         null = torch.full((2, 2), 5)
-        all_null = model(x, t, torch.tensor([5, 5]), null)
+        all_null = model(x, t, torch.tensor([5, 5]), null, num_images=2)
     model.train()
     model.y_embedder.dropout_prob = 1.0  # label dropout hits the clip's label and every image's label
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t, y, y_image), all_null, atol=0, rtol=0)
+        torch.testing.assert_close(model(x, t, y, y_image, num_images=2), all_null, atol=0, rtol=0)
 
 
 def test_joint_training_errors():
     conditional, x = tiny(num_classes=5), inputs(frames=6)[0]
     t, y = torch.tensor([1, 2]), torch.tensor([0, 1])
     with pytest.raises(AssertionError, match=r"needs y_image \(2, n\)"):
-        conditional(x, t, y)
+        conditional(x, t, y, num_images=2)
     with pytest.raises(AssertionError, match=r"y_image must hold one label per image, shape \(2, 2\)"):
-        conditional(x, t, y, torch.zeros(2, 3, dtype=torch.long))
+        conditional(x, t, y, torch.zeros(2, 3, dtype=torch.long), num_images=2)
     with pytest.raises(AssertionError, match="model is unconditional"):
-        tiny()(x, t, None, torch.zeros(2, 2, dtype=torch.long))
+        tiny()(x, t, None, torch.zeros(2, 2, dtype=torch.long), num_images=2)
     with pytest.raises(ValueError, match=r"2 image frames .*patch_embed='compression'"):
-        tiny(patch_embed="compression")(x, t)
+        tiny(patch_embed="compression")(x, t, num_images=2)
 
 
 @pytest.mark.parametrize(("variant", "at"), [(1, 1), (2, 2), (3, 0), (4, 0)])
@@ -219,7 +219,7 @@ def test_temp_embed_is_added_once_before_the_first_temporal_attention(variant, a
         block.register_forward_hook(lambda m, args, out, i=i: seen.update({i: out}))
     x, t = inputs(frames=4 + 2)
     with torch.no_grad():
-        model(x, t)
+        model(x, t, num_images=2)
     before = seen[at - 1] + (model.pos_embed if at == 0 else 0)
     added = seen[f"in{at}"] - before  # (b, t, l, d)
     torch.testing.assert_close(added[:, :4], model.temp_embed[:, :, None].expand(2, 4, 16, HIDDEN))
