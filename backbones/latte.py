@@ -2,29 +2,44 @@
 
 Written from the facts of the official Latte code (github.com/Vchitect/Latte: `models/latte.py`,
 `models/latte_img.py`) and the ablations of the Latte paper (its Fig. 6): 4 model variants, 2 patch
-embeddings, 2 ways to inject the timestep/class, 2 temporal position embeddings, ImageNet-DiT init
-(backbones/pretrained.py) and image-video joint training. The defaults (variant 1, uniform, s_adaln, absolute)
-are the official model: its parameter names equal the official ones, so the released checkpoints load
-strictly.
+embeddings, 2 ways to inject the timestep/class, 2 temporal position embeddings and image-video joint
+training. The defaults (variant 1, uniform, s_adaln, absolute, bidirectional) are the official model: its
+parameter names equal the official ones, so the released checkpoints load strictly (backbones/pretrained.py,
+which also holds the ImageNet-DiT init). The layers it shares with other networks are in backbones/layers.py.
+
+Besides the paper: a causal mode (AAPT's block-causal attention over frames, with a sliding window that keeps
+sink frames) that streams frame by frame through a KV cache, per-frame timesteps, and `features` (the
+hidden tokens of chosen blocks: a discriminator's trunk).
 
 Videos are `b f c h w` (frames before channels) at the input and at the output. Inside, tokens are kept as
 (b, t, l, d): t frames (the clip's latent frames first, then any independent images) of l tokens (the
 patch tokens, led by the 1-2 conditioning tokens with conditioning="all_tokens").
 """
 
-import math
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from backbones.pretrained import load_dit_init
-from utils.files import load_file
+from backbones.layers import (
+    LabelEmbedder,
+    Mlp,
+    PatchEmbed,
+    RotaryEmbedding,
+    TimestepEmbedder,
+    adaln_chunks,
+    gated,
+    modulate,
+    require,
+    sincos_1d,
+    sincos_2d,
+)
 
 LATTE_SIZES: dict[str, dict] = {
     "S": dict(depth=12, hidden_size=384, num_heads=6),
@@ -35,22 +50,6 @@ LATTE_SIZES: dict[str, dict] = {
 }
 
 
-def _require(ok: bool, message: str) -> None:
-    """Raise a ValueError with `message` unless `ok` (config validation)."""
-    if not ok:
-        raise ValueError(message)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift (broadcast over tokens); the identity without adaLN (None)."""
-    return x if shift is None else x * (1 + scale) + shift
-
-
-def gated(gate: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """adaLN-Zero gate of a residual branch; the identity without adaLN (None)."""
-    return x if gate is None else gate * x
-
-
 def add_to_video(x: torch.Tensor, video: int, update: torch.Tensor) -> torch.Tensor:
     """x (b, t, l, d) plus `update` on its first `video` frames (the clip); images after them stay."""
     if video == x.shape[1]:
@@ -59,61 +58,8 @@ def add_to_video(x: torch.Tensor, video: int, update: torch.Tensor) -> torch.Ten
 
 
 #################################################################################
-#               Fixed Sine-Cosine and Rotary Position Embeddings                #
+#                   Patch Embeddings: Per Frame or Tubelets (axis 2)            #
 #################################################################################
-
-
-def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """1-D sin-cos table (len(positions), dim): [sin(pos * w), cos(pos * w)], w_k = 10000^(-2k/dim)."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
-    angles = positions.to(torch.float64)[:, None] * omega[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
-
-
-def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
-    """2-D sin-cos table (grid_size**2, dim) in row-major token order; first half = column, second = row."""
-    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
-
-
-class RotaryEmbedding(nn.Module):
-    """RoPE over the sequence index: channel pairs (k, k + e/2) rotate by angle pos * base^(-2k/e)."""
-
-    def __init__(self, head_dim: int, base: float = 10000.0):
-        super().__init__()
-        assert head_dim % 2 == 0, f"RoPE rotates channel pairs, so head_dim={head_dim} must be even"
-        self.head_dim, self.base = head_dim, base
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate queries or keys (n, h, L, e) by their position 0..L-1 along dim 2."""
-        half = self.head_dim // 2
-        inv_freq = self.base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (e/2,)
-        positions = torch.arange(x.shape[2], dtype=torch.float32, device=x.device)  # (L,)
-        angles = positions[:, None] * inv_freq[None]  # (L, e/2)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, e/2)
-        x1, x2 = x[..., :half], x[..., half:]  # (n, h, L, e/2)
-        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (n, h, L, e)
-
-
-#################################################################################
-#                                Embedding Layers                               #
-#################################################################################
-
-
-class PatchEmbed(nn.Module):
-    """Uniform patch embedding: every frame cut into p x p patches by a Conv2d with kernel = stride = p."""
-
-    frames_per_token = 1
-
-    def __init__(self, patch_size: int, in_channels: int, hidden_size: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Embed frames (b, f, c, h, w) into row-major patch tokens (b, f, h*w/p^2, d)."""
-        b = x.shape[0]
-        x = self.proj(rearrange(x, "b f c h w -> (b f) c h w"))  # (b*f, d, h/p, w/p)
-        return rearrange(x, "(b f) d gh gw -> b f (gh gw) d", b=b)  # (b, f, l, d)
 
 
 class TubeletEmbed(nn.Module):
@@ -169,44 +115,21 @@ PATCH_EMBEDDINGS: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
 }
 
 
-class TimestepEmbedder(nn.Module):
-    """Timesteps to vectors: 256-dim frequency embedding (cos first), then Linear-SiLU-Linear."""
-
-    def __init__(self, hidden_size: int, frequency_size: int = 256, max_period: float = 10000.0):
-        super().__init__()
-        self.frequency_size, self.max_period = frequency_size, max_period
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """Embed integer or float timesteps (b,) into (b, d)."""
-        half = self.frequency_size // 2
-        k = torch.arange(half, dtype=torch.float32, device=t.device)  # (half,)
-        freqs = torch.exp(-math.log(self.max_period) * k / half)  # (half,)
-        angles = t[:, None].float() * freqs[None]  # (b, half)
-        t_freq = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)  # (b, 256)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (b, d)
+def random_extra_channels(weight: torch.Tensor) -> None:
+    """random: the extra input channels keep the patch embedding's xavier init (AAPT: adapts faster)."""
 
 
-class LabelEmbedder(nn.Module):
-    """Class labels to vectors; row `num_classes` is the null class used by label dropout and CFG."""
+def zero_extra_channels(weight: torch.Tensor) -> None:
+    """zero: the extra input channels start at zero, so a fresh model ignores them."""
+    nn.init.zeros_(weight)
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
-        super().__init__()
-        self.num_classes, self.dropout_prob = num_classes, dropout_prob
-        # The null row is always there (the official omits it at dropout_prob 0, which no release uses).
-        self.embedding_table = nn.Embedding(num_classes + 1, hidden_size)
 
-    def forward(self, labels: torch.Tensor, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Embed labels (b,) into (b, d); in training mode each label becomes null with p = dropout_prob."""
-        if force_drop_ids is not None:
-            drop = force_drop_ids == 1  # (b,)
-            labels = torch.where(drop, self.num_classes, labels)  # (b,)
-        elif self.training and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob  # (b,)
-            labels = torch.where(drop, self.num_classes, labels)  # (b,)
-        return self.embedding_table(labels)  # (b, d)
+# extra_channels_init -> init of the patch-embedding weights (d, c_extra, [s,] p, p) of the input channels
+# beyond the prediction's (e.g. AAPT's previous latent frame, joined on channels to the noisy frame)
+EXTRA_CHANNEL_INITS: dict[str, Callable[[torch.Tensor], None]] = {
+    "random": random_extra_channels,
+    "zero": zero_extra_channels,
+}
 
 
 #################################################################################
@@ -220,10 +143,12 @@ class Frames:
 
     video: int  # frames [0, video) are the clip's (latent) frames; the rest are independent images
     c: torch.Tensor | None  # (b, t, d) conditioning vector per frame (s_adaln), else None
+    offset: int = 0  # absolute position of the clip's first frame (= frames already streamed into a cache)
+    mask: torch.Tensor | None = None  # (video, n + video) bool: may clip frame i see key frame j; None: all
 
     def video_only(self) -> "Frames":
         """The same description restricted to the clip's frames."""
-        return Frames(self.video, None if self.c is None else self.c[:, : self.video])
+        return dataclasses.replace(self, c=None if self.c is None else self.c[:, : self.video])
 
 
 class AdaLNConditioning:
@@ -237,10 +162,9 @@ class AdaLNConditioning:
         return nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, chunks * hidden_size))
 
     @staticmethod
-    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None, frames: int) -> tuple:
+    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None) -> tuple:
         """(c, None): per-frame vectors c = t_emb (+ the frame's label embedding), shape (b, t, d)."""
-        c = repeat(t_emb, "b d -> b t d", t=frames)  # (b, t, d)
-        return (c if labels is None else c + labels), None
+        return (t_emb if labels is None else t_emb + labels), None
 
 
 class TokenConditioning:
@@ -254,14 +178,14 @@ class TokenConditioning:
         return None
 
     @staticmethod
-    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None, frames: int) -> tuple:
+    def condition(t_emb: torch.Tensor, labels: torch.Tensor | None) -> tuple:
         """(None, tokens): per-frame tokens [t_emb] or [t_emb, the frame's label embedding] (b, t, m, d).
 
-        Latte.forward puts them before each frame's patch tokens, so they take part in every attention
+        Latte.features puts them before each frame's patch tokens, so they take part in every attention
         (within the frame, across frames at their own location) and every MLP like the patch tokens, and
         drops them before the final layer (U-ViT's "all as tokens", inside Latte's factorised sequences).
         """
-        tokens = repeat(t_emb, "b d -> b t 1 d", t=frames)  # (b, t, 1, d)
+        tokens = t_emb.unsqueeze(2)  # (b, t, 1, d)
         if labels is not None:
             tokens = torch.cat([tokens, labels.unsqueeze(2)], dim=2)  # (b, t, 2, d)
         return None, tokens
@@ -274,11 +198,80 @@ CONDITIONINGS: dict[str, Conditioner] = {
 }
 
 
-def adaln_chunks(modulation: nn.Module | None, c: torch.Tensor | None, chunks: int) -> tuple:
-    """The `chunks` modulation tensors (b, t, 1, d) from per-frame c (b, t, d); all None without adaLN."""
-    if modulation is None:
-        return (None,) * chunks
-    return modulation(c).unsqueeze(2).chunk(chunks, dim=-1)  # chunks x (b, t, 1, d)
+#################################################################################
+#                 Which Frames a Frame Sees, and the KV Cache                   #
+#################################################################################
+
+
+def all_frames(queries: torch.Tensor, keys: torch.Tensor, window: int | None, sink_frames: int) -> None:
+    """bidirectional (official): every clip frame sees every clip frame (no mask)."""
+    return None
+
+
+def causal_frames(
+    queries: torch.Tensor, keys: torch.Tensor, window: int | None, sink_frames: int
+) -> torch.Tensor:
+    """causal: (q, k) bool, whether the frame at position queries[i] sees the frame at position keys[j].
+
+    A frame sees the frames at or before it; with a window only the first `sink_frames` frames and the
+    `window` latest ones (query - window < key <= query), AAPT's sliding window that keeps the first frame.
+    """
+    seen = keys[None, :] <= queries[:, None]  # (q, k)
+    if window is None:
+        return seen
+    recent = keys[None, :] > queries[:, None] - window  # (q, k)
+    sink = keys[None, :] < sink_frames  # (1, k)
+    return seen & (recent | sink)  # (q, k)
+
+
+# temporal_mask -> the rule (query positions, key positions, window, sink_frames) -> mask or None (all)
+TEMPORAL_MASKS: dict[str, Callable[..., torch.Tensor | None]] = {
+    "bidirectional": all_frames,
+    "causal": causal_frames,
+}
+
+
+@dataclass
+class TemporalKV:
+    """The cache of one temporal attention: keys (rotated at their absolute positions) and values."""
+
+    k: torch.Tensor | None = None  # (b*l, h, n, e): n cached frames, RoPE already applied
+    v: torch.Tensor | None = None  # (b*l, h, n, e)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new frames' k, v (b*l, h, f, e); return all frames', cached first (b*l, h, n + f, e)."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)  # (b*l, h, n + f, e)
+        self.k, self.v = k, v
+        return k, v
+
+
+@dataclass
+class LatteCache:
+    """A stream of frames through a causal Latte: per time-mixing block its K/V, the frames' positions.
+
+    Between calls it holds the frames that a later frame can still see: all of them without a window, else
+    at most sink_frames + window - 1. Plain growing tensors; a fixed-size ring buffer (for CUDA graphs) is a
+    later performance issue. Stream under torch.no_grad() unless gradients should flow into cached frames.
+    """
+
+    batch_size: int
+    layers: dict[int, TemporalKV]  # block index -> the K/V of its temporal attention
+    positions: torch.Tensor  # (n,) absolute positions of the cached frames
+    frames: int = 0  # frames streamed so far: the position of the next frame
+
+    def advance(self, new_frames: int, window: int | None, sink_frames: int) -> None:
+        """Count the `new_frames` frames every layer appended; drop the frames that no later frame sees."""
+        start = self.frames
+        new = torch.arange(start, start + new_frames, device=self.positions.device)  # (f,)
+        self.positions, self.frames = torch.cat([self.positions, new]), start + new_frames  # (n + f,)
+        if window is None:
+            return
+        upcoming = torch.tensor([self.frames], device=self.positions.device)  # (1,) the next frame
+        keep = causal_frames(upcoming, self.positions, window, sink_frames)[0]  # (n + f,)
+        self.positions = self.positions[keep]  # (n',)
+        for kv in self.layers.values():
+            kv.k, kv.v = kv.k[:, :, keep], kv.v[:, :, keep]  # (b*l, h, n', e)
 
 
 #################################################################################
@@ -294,21 +287,13 @@ def attend_within_frames(qkv: torch.Tensor) -> torch.Tensor:
     return rearrange(x, "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
 
 
-def attend_across_frames(qkv: torch.Tensor, rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The clip's f frames attend to each other per location: qkv (3, b, h, f, l, e) -> (b, h, f, l, e)."""
-    b = qkv.shape[1]
-    q, k, v = rearrange(qkv, "three b h f l e -> three (b l) h f e")  # (b*l, h, f, e)
-    x = F.scaled_dot_product_attention(rotate(q), rotate(k), v)  # (b*l, h, f, e)
-    return rearrange(x, "(b l) h f e -> b h f l e", b=b)  # (b, h, f, l, e)
-
-
 class Attention(nn.Module):
     """Multi-head self-attention, fused qkv (rows [q; k; v], head index slowest); subclasses group tokens.
 
     Every subclass maps modulated tokens (b, t, l, d) to their attention update (b, t, l, d).
     """
 
-    over_time = False  # attends across frames: RoPE (temporal_pos="rope") applies to it
+    over_time = False  # attends across frames: RoPE (temporal_pos="rope") and the KV cache apply to it
 
     def __init__(self, hidden_size: int, num_heads: int, rope: bool = False):
         super().__init__()
@@ -321,15 +306,28 @@ class Attention(nn.Module):
         """Fused q, k, v of tokens (b, t, l, d) split into heads: (3, b, h, t, l, e)."""
         return rearrange(self.qkv(x), "b t l (three h e) -> three b h t l e", three=3, h=self.num_heads)
 
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        """RoPE of the frame index along dim 2 of queries or keys (n, h, f, e); identity without RoPE."""
-        return x if self.rope is None else self.rope(x)  # (n, h, f, e)
+    def rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """RoPE of the frame positions offset.. along dim 2 of queries or keys (n, h, f, e); else identity."""
+        return x if self.rope is None else self.rope(x, offset)  # (n, h, f, e)
+
+    def attend_across_frames(self, qkv: torch.Tensor, frames: Frames, kv: TemporalKV | None) -> torch.Tensor:
+        """The clip's frames attend to the frames they see: qkv (3, b, h, f, l, e) -> (b, h, f, l, e).
+
+        With a cache `kv`, the cached frames' keys and values come first, and the new frames' join them.
+        """
+        b = qkv.shape[1]
+        q, k, v = rearrange(qkv, "three b h f l e -> three (b l) h f e")  # (b*l, h, f, e)
+        q, k = self.rotate(q, frames.offset), self.rotate(k, frames.offset)  # (b*l, h, f, e)
+        if kv is not None:
+            k, v = kv.append(k, v)  # (b*l, h, n + f, e)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=frames.mask)  # (b*l, h, f, e)
+        return rearrange(x, "(b l) h f e -> b h f l e", b=b)  # (b, h, f, l, e)
 
 
 class SpatialAttention(Attention):
     """Attention among the l tokens of each frame, clip frames and images alike."""
 
-    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
         x = attend_within_frames(self.heads(x))  # (b, h, t, l, e)
         return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
@@ -340,10 +338,10 @@ class TemporalAttention(Attention):
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d): across the first `video` frames, zero for images."""
-        images = x[:, video:]  # (b, n, l, d)
-        x = attend_across_frames(self.heads(x[:, :video]), self.rotate)  # (b, h, f, l, e)
+        images = x[:, frames.video :]  # (b, n, l, d)
+        x = self.attend_across_frames(self.heads(x[:, : frames.video]), frames, kv)  # (b, h, f, l, e)
         x = self.proj(rearrange(x, "b h f l e -> b f l (h e)"))  # (b, f, l, d)
         if images.shape[1]:  # joint training: the images are not attended across
             x = torch.cat([x, torch.zeros_like(images)], dim=1)  # (b, t, l, d)
@@ -360,12 +358,12 @@ class FactorisedHeadsAttention(Attention):
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, video: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
-        half = self.num_heads // 2
+        half, video = self.num_heads // 2, frames.video
         qkv = self.heads(x)  # (3, b, h, t, l, e)
         space = attend_within_frames(qkv[:, :, :half])  # (b, h/2, t, l, e)
-        time = attend_across_frames(qkv[:, :, half:, :video], self.rotate)  # (b, h/2, f, l, e)
+        time = self.attend_across_frames(qkv[:, :, half:, :video], frames, kv)  # (b, h/2, f, l, e)
         if video < x.shape[1]:  # joint training: an image's temporal heads see that image alone
             time = torch.cat([time, qkv[2, :, half:, video:]], dim=2)  # (b, h/2, t, l, e): their own values
         x = torch.cat([space, time], dim=1)  # (b, h, t, l, e)
@@ -377,26 +375,13 @@ class FactorisedHeadsAttention(Attention):
 #################################################################################
 
 
-class Mlp(nn.Module):
-    """Feed-forward network d -> mlp_ratio*d -> d with tanh-approximated GELU."""
-
-    def __init__(self, hidden_size: int, mlp_ratio: float):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, int(hidden_size * mlp_ratio))
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(int(hidden_size * mlp_ratio), hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the MLP token-wise: (..., d) -> (..., d)."""
-        return self.fc2(self.act(self.fc1(x)))  # (..., d)
-
-
 class LatteBlock(nn.Module):
     """Pre-norm transformer block: its attention branch(es), then an MLP branch; subclasses pick attentions.
 
     With s_adaln every branch is scaled/shifted before and gated after by adaLN-Zero (one modulation per
     block, shared by all its attention branches); with all_tokens the norms are affine and nothing is
-    modulated (the conditioning tokens are among the tokens).
+    modulated (the conditioning tokens are among the tokens). A block has at most one attention across
+    frames, so one TemporalKV per block caches it.
     """
 
     attentions: dict[str, type[Attention]] = {}  # attribute name -> attention class, applied in this order
@@ -418,14 +403,14 @@ class LatteBlock(nn.Module):
         """Whether the block attends across frames."""
         return any(attention.over_time for attention in cls.attentions.values())
 
-    def forward(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
-        """Update tokens x (b, t, l, d) of the frames that `frames` describes."""
+    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+        """Update tokens x (b, t, l, d) of the frames that `frames` describes (cache `kv`, if streaming)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, frames.c, 6
         )  # (b, t, 1, d) each, or None
         for name in self.attentions:
             h = modulate(self.norm1(x), shift_msa, scale_msa)  # (b, t, l, d)
-            x = x + gated(gate_msa, getattr(self, name)(h, frames.video))  # (b, t, l, d)
+            x = x + gated(gate_msa, getattr(self, name)(h, frames, kv))  # (b, t, l, d)
         return x + gated(gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))  # (b, t, l, d)
 
 
@@ -441,9 +426,9 @@ class TemporalBlock(LatteBlock):
 
     attentions = {"attn": TemporalAttention}
 
-    def forward(self, x: torch.Tensor, frames: Frames) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
         """Update the clip's tokens x[:, :video] (b, t, l, d); the images' tokens pass unchanged."""
-        clip = super().forward(x[:, : frames.video], frames.video_only())  # (b, f, l, d)
+        clip = super().forward(x[:, : frames.video], frames.video_only(), kv)  # (b, f, l, d)
         if frames.video == x.shape[1]:
             return clip  # (b, t, l, d)
         return torch.cat([clip, x[:, frames.video :]], dim=1)  # (b, t, l, d)
@@ -474,7 +459,7 @@ def matched_depth(depth: int, block: type[LatteBlock], mlp_ratio: float) -> int:
 
 def interleaved(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
     """Variant 1 (official): blocks[2k] spatial, blocks[2k+1] temporal."""
-    _require(
+    require(
         depth % 2 == 0, f"variant 1 pairs spatial and temporal blocks: depth={depth}, but depth must be even"
     )
     return [SpatialBlock, TemporalBlock] * (depth // 2)
@@ -482,7 +467,7 @@ def interleaved(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
 
 def late_fusion(depth: int, mlp_ratio: float) -> list[type[LatteBlock]]:
     """Variant 2: the first half of the blocks spatial, the second half temporal."""
-    _require(depth % 2 == 0, f"variant 2 splits the blocks in half: depth={depth}, but depth must be even")
+    require(depth % 2 == 0, f"variant 2 splits the blocks in half: depth={depth}, but depth must be even")
     return [SpatialBlock] * (depth // 2) + [TemporalBlock] * (depth // 2)
 
 
@@ -528,6 +513,13 @@ class FinalLayer(nn.Module):
 TEMPORAL_POSITIONS = ("absolute", "rope")
 
 
+class Features(NamedTuple):
+    """What `Latte.features` returns: hidden patch tokens of chosen blocks, and what the head needs."""
+
+    hidden: list[torch.Tensor]  # (b, t, l, d) patch tokens after each chosen block, in the order asked
+    c: torch.Tensor | None  # (b, t, d) per-frame conditioning vector (s_adaln), None with all_tokens
+
+
 class Latte(nn.Module):
     """Latte with every ablation axis of its paper as a constructor choice; defaults = the official model.
 
@@ -547,10 +539,28 @@ class Latte(nn.Module):
       adaLN anywhere, so Latte-XL/2 has 448.0M parameters instead of 673.7M).
     * `temporal_pos`: "absolute" (frozen sin-cos `temp_embed`, added once before the first block that
       attends across frames: after block 0 for variant 1, before block depth/2 for 2, at the input for 3
-      and 4) or "rope" (rotary embedding of the frame index on q and k in every temporal attention, at
-      every token location; there is no `temp_embed`).
-    * `pretrained_dit`: path of an ImageNet DiT checkpoint that initialises the spatial parts
-      (backbones/pretrained.py); its report is kept in `dit_init_report`.
+      and 4; a clip has exactly num_frames frames) or "rope" (rotary embedding of the absolute frame index
+      on q and k in every temporal attention, at every token location; no `temp_embed`, any clip length).
+    * `temporal_mask` (TEMPORAL_MASKS): "bidirectional" (official) or "causal": frame k's temporal
+      attention sees frames <= k only, so the whole network is block-causal over frames. With `window`,
+      frame k sees the first `sink_frames` frames and frames k-window+1..k (AAPT's sliding window).
+      Causal works with every variant and both conditionings, with patch_embed="uniform" only.
+    * `out_channels`: channels of the prediction (default in_channels; learn_sigma doubles them, and
+      `self.out_channels` counts both halves). With in_channels > out_channels (AAPT: the noisy frame and
+      the previous latent frame joined on channels), `extra_channels_init` (EXTRA_CHANNEL_INITS) initialises
+      the patch-embedding weights of the extra input channels: "random" (AAPT) or "zero".
+    * `pretrained_dit`: compatibility until `init=imagenet_dit` applies `backbones.init_from_dit` to the
+      built model: path of an ImageNet DiT checkpoint for the spatial parts; report in `dit_init_report`.
+
+    Streaming (temporal_mask="causal"): `cache = model.new_cache(b)`, then `model(x, t, y, cache=cache)`
+    with x (b, f_new, c, h, w), f_new >= 1, runs the new frames at the positions after those streamed
+    already, appends their temporal keys/values (keys rotated at their absolute frame index), drops the
+    frames the window no longer shows (keeping the sink frames) and returns the new frames' outputs. The
+    parallel forward over f frames gives the same outputs (to float round-off). Past num_frames frames, a
+    stream needs temporal_pos="rope".
+
+    Timesteps `t` are (b,), one per clip, or (b, f), one per frame of x (uniform patches only).
+    `features(..., layers=[i, j])` returns the patch tokens after blocks i, j; forward = features + `head`.
 
     Depth per variant (the paper equalised parameters): a block of variants 1, 2 and 4 holds qkv + proj
     (4 D²), the MLP (8 D²) and adaLN (6 D²), so they keep the size's depth; a variant-3 block has a second
@@ -559,12 +569,12 @@ class Latte(nn.Module):
     673.68 / 673.68 / 676.33 / 676.44M; variant 4 stays 0.41% below the paper (one block more would be
     3.1% above), as its factorised heads add no weights to a block.
 
-    Image-video joint training (LatteIMG): x may carry n extra frames after the clip's num_frames frames.
-    They are independent images: they go through the spatial attention, the MLPs and the final layer, and
+    Image-video joint training (LatteIMG): with `num_images=n`, the last n frames of x are independent
+    images after the clip. They go through the spatial attention, the MLPs and the final layer, and
     never through temporal attention or temp_embed (variants 1/2: they skip the temporal blocks; 3: they
     skip attn_temp; 4: their temporal heads see only themselves). With labels, `y_image` (b, n) gives
     each image its own label (own label dropout): the clip's frames are conditioned on t + y, image k on
-    t + y_image[:, k]. Not with compression, whose tubelets span several frames.
+    t + y_image[:, k]. Not with compression, whose tubelets span several frames, nor with a cache.
     """
 
     def __init__(
@@ -583,65 +593,89 @@ class Latte(nn.Module):
         temporal_stride: int = 2,
         conditioning: str = "s_adaln",
         temporal_pos: str = "absolute",
+        temporal_mask: str = "bidirectional",
+        window: int | None = None,
+        sink_frames: int = 1,
+        out_channels: int | None = None,
+        extra_channels_init: str = "random",
         pretrained_dit: str | os.PathLike | None = None,
     ):
         super().__init__()
-        _require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
+        require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
         depth, hidden_size, num_heads = (LATTE_SIZES[size][k] for k in ("depth", "hidden_size", "num_heads"))
-        _require(patch_size >= 1, f"patch_size={patch_size} must be a positive integer")
-        _require(input_size >= 1, f"input_size={input_size} must be a positive integer (latent side length)")
-        _require(
+        require(patch_size >= 1, f"patch_size={patch_size} must be a positive integer")
+        require(input_size >= 1, f"input_size={input_size} must be a positive integer (latent side length)")
+        require(
             input_size % patch_size == 0,
             f"input_size={input_size} is not divisible by patch_size={patch_size}: "
             "the latent grid must split into whole patches",
         )
-        _require(in_channels >= 1, f"in_channels={in_channels} must be >= 1")
-        _require(num_frames >= 1, f"num_frames={num_frames} must be >= 1")
-        _require(num_classes >= 0, f"num_classes={num_classes} must be >= 0 (0 = unconditional)")
-        _require(0 <= class_dropout_prob <= 1, f"class_dropout_prob={class_dropout_prob} must be in [0, 1]")
-        _require(mlp_ratio > 0, f"mlp_ratio={mlp_ratio} must be > 0")
-        _require(
+        require(in_channels >= 1, f"in_channels={in_channels} must be >= 1")
+        require(
+            out_channels is None or out_channels >= 1,
+            f"out_channels={out_channels} must be >= 1 or null (= in_channels)",
+        )
+        require(num_frames >= 1, f"num_frames={num_frames} must be >= 1")
+        require(num_classes >= 0, f"num_classes={num_classes} must be >= 0 (0 = unconditional)")
+        require(0 <= class_dropout_prob <= 1, f"class_dropout_prob={class_dropout_prob} must be in [0, 1]")
+        require(mlp_ratio > 0, f"mlp_ratio={mlp_ratio} must be > 0")
+        require(
             hidden_size % num_heads == 0 and hidden_size % 4 == 0,
             f"size={size!r} has hidden_size={hidden_size}, which must be divisible by num_heads={num_heads} "
             "and by 4 (2-D sin-cos position embedding)",
         )
-        _require(
+        require(
             variant in VARIANTS,
             f"variant={variant!r} is unknown; valid variants: 1 (interleaved), 2 (late fusion), "
             "3 (factorised attention), 4 (factorised heads)",
         )
-        _require(
-            patch_embed in PATCH_EMBEDDINGS,
-            f"patch_embed={patch_embed!r} is unknown; valid: {', '.join(PATCH_EMBEDDINGS)}",
-        )
-        _require(
-            conditioning in CONDITIONINGS,
-            f"conditioning={conditioning!r} is unknown; valid: {', '.join(CONDITIONINGS)}",
-        )
-        _require(
-            temporal_pos in TEMPORAL_POSITIONS,
-            f"temporal_pos={temporal_pos!r} is unknown; valid: {', '.join(TEMPORAL_POSITIONS)}",
-        )
-        _require(temporal_stride >= 1, f"temporal_stride={temporal_stride} must be a positive integer")
-        _require(
+        for key, value, registry in (
+            ("patch_embed", patch_embed, PATCH_EMBEDDINGS),
+            ("conditioning", conditioning, CONDITIONINGS),
+            ("temporal_pos", temporal_pos, TEMPORAL_POSITIONS),
+            ("temporal_mask", temporal_mask, TEMPORAL_MASKS),
+            ("extra_channels_init", extra_channels_init, EXTRA_CHANNEL_INITS),
+        ):
+            require(value in registry, f"{key}={value!r} is unknown; valid: {', '.join(registry)}")
+        require(temporal_stride >= 1, f"temporal_stride={temporal_stride} must be a positive integer")
+        require(
             patch_embed != "compression" or num_frames % temporal_stride == 0,
             f"num_frames={num_frames} is not divisible by temporal_stride={temporal_stride}: "
             "compression patch embedding cuts the clip into tubelets of temporal_stride frames",
         )
-        _require(
+        require(
             variant != 4 or num_heads % 2 == 0,
             f"variant 4 splits the heads between space and time, but size={size!r} has num_heads={num_heads}",
         )
-        _require(
+        require(
             temporal_pos != "rope" or (hidden_size // num_heads) % 2 == 0,
             f"RoPE rotates channel pairs, but size={size!r} has an odd head dim {hidden_size // num_heads}",
+        )
+        require(
+            temporal_mask == "bidirectional" or patch_embed == "uniform",
+            f"temporal_mask={temporal_mask!r} needs patch_embed='uniform': a compression tubelet (and the "
+            "frame upsampling after the decoder) mixes the frames it spans",
+        )
+        require(
+            window is None or (temporal_mask == "causal" and isinstance(window, int) and window >= 1),
+            f"window={window!r} must be null or a positive integer with temporal_mask='causal' "
+            f"(got temporal_mask={temporal_mask!r})",
+        )
+        require(
+            isinstance(sink_frames, int) and sink_frames >= 0,
+            f"sink_frames={sink_frames!r} must be an int >= 0",
         )
         self.size, self.hidden_size, self.num_heads = size, hidden_size, num_heads
         self.patch_size, self.input_size, self.num_frames = patch_size, input_size, num_frames
         self.in_channels, self.learn_sigma, self.num_classes = in_channels, learn_sigma, num_classes
         self.variant, self.patch_embed, self.temporal_stride = variant, patch_embed, temporal_stride
         self.conditioning, self.temporal_pos = conditioning, temporal_pos
-        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.temporal_mask, self.window, self.sink_frames = temporal_mask, window, sink_frames
+        self.visible = TEMPORAL_MASKS[temporal_mask]
+        prediction_channels = in_channels if out_channels is None else out_channels
+        self.out_channels = 2 * prediction_channels if learn_sigma else prediction_channels
+        self.extra_in_channels = max(0, in_channels - prediction_channels)  # e.g. AAPT's previous frame
+        self.extra_channels_init = extra_channels_init
         self.num_patches = (input_size // patch_size) ** 2
         self.conditioner = CONDITIONINGS[conditioning]
         layout = VARIANTS[variant](depth, mlp_ratio)
@@ -667,7 +701,12 @@ class Latte(nn.Module):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, self.conditioner)
         self.initialize_weights()
-        self.dit_init_report = None if pretrained_dit is None else load_dit_init(self, pretrained_dit)
+        self.dit_init_report = None
+        if pretrained_dit is not None:  # compatibility until init=imagenet_dit applies init_from_dit itself
+            # Imported here, not at the top: backbones/pretrained.py imports this module.
+            from backbones.pretrained import init_from_dit
+
+            self.dit_init_report = init_from_dit(self, pretrained_dit)
 
     def initialize_weights(self) -> None:
         """Official initialisation; adaLN-Zero and the last output layer start at zero, so the output is 0."""
@@ -682,10 +721,13 @@ class Latte(nn.Module):
         if self.temp_embed is not None:
             frames = torch.arange(self.latent_frames)
             self.temp_embed.data.copy_(sincos_1d(self.hidden_size, frames).unsqueeze(0))
-        # Patch embedding like a Linear: xavier-uniform on the (d, c*[s*]p*p) view, zero bias.
+        # Patch embedding like a Linear: xavier-uniform on the (d, c*[s*]p*p) view, zero bias; then the
+        # input channels beyond the prediction's as extra_channels_init says.
         weight = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
+        if self.extra_in_channels:
+            EXTRA_CHANNEL_INITS[self.extra_channels_init](weight[:, -self.extra_in_channels :])
         # Label table and timestep MLP weights: N(0, 0.02).
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
@@ -703,15 +745,86 @@ class Latte(nn.Module):
         nn.init.zeros_(output_layer.weight)
         nn.init.zeros_(output_layer.bias)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Patches (b, t, l, p*p*c_out), channel fastest, back to frames (b, t, c_out, h, w)."""
-        grid, p = self.input_size // self.patch_size, self.patch_size
-        return rearrange(
-            x, "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=grid, p=p, q=p
-        )  # (b, t, c, h, w)
+    def new_cache(self, batch_size: int) -> LatteCache:
+        """An empty stream of `batch_size` videos: `model(x, t, y, cache=cache)` appends frames to it."""
+        require(
+            self.temporal_mask == "causal",
+            f"new_cache needs temporal_mask='causal', got {self.temporal_mask!r}: a bidirectional model's "
+            "frames see the frames after them, so they cannot be computed one call at a time",
+        )
+        layers = {i: TemporalKV() for i, block in enumerate(self.blocks) if block.mixes_time()}
+        positions = torch.zeros(0, dtype=torch.long, device=self.pos_embed.device)  # (0,)
+        return LatteCache(batch_size, layers, positions)
+
+    #############################################################################
+    #                            Inputs and Embeddings                          #
+    #############################################################################
+
+    def check_inputs(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None,
+        num_images: int,
+        cache: LatteCache | None,
+    ) -> None:
+        """Assert the layout of a forward call's inputs; raise a ValueError for an unsupported combination."""
+        assert x.ndim == 5, f"Latte expects latents shaped (b, f, c, h, w), got {tuple(x.shape)}"
+        b, f, c, h, w = x.shape  # latents: frames before channels
+        assert c == self.in_channels, f"got {c} channels on dim 2, expected in_channels={self.in_channels}"
+        assert h == w == self.input_size, (
+            f"got {h}x{w} latents, but pos_embed is built for {self.input_size}^2"
+        )
+        assert t.shape in ((b,), (b, f)), (
+            f"t must hold one timestep per video ({b},) or one per frame ({b}, {f}), got {tuple(t.shape)}"
+        )
+        assert (y is not None) == (self.y_embedder is not None), (
+            f"y must be given iff the model is class-conditional (num_classes={self.num_classes})"
+        )
+        require(
+            isinstance(num_images, int) and 0 <= num_images < f,
+            f"num_images={num_images!r} must be an int in [0, {f}): the last num_images of the {f} frames "
+            "are images, the frames before them the clip",
+        )
+        clip, tubelets = f - num_images, self.x_embedder.frames_per_token > 1
+        require(
+            num_images == 0 or not tubelets,
+            f"x carries {num_images} image frames after the clip, but patch_embed='compression' merges "
+            "frames into tubelets: image-video joint training needs patch_embed='uniform'",
+        )
+        require(
+            t.ndim == 1 or not tubelets,
+            "t of shape (b, f) gives every frame its own timestep, but patch_embed='compression' merges "
+            "frames into tubelets: use t of shape (b,)",
+        )
+        require(
+            clip % self.x_embedder.frames_per_token == 0,
+            f"got a clip of {clip} frames, not divisible by temporal_stride={self.temporal_stride} "
+            "(patch_embed='compression' cuts the clip into tubelets)",
+        )
+        if self.temporal_pos == "absolute" and cache is None:
+            assert clip == self.num_frames, (
+                f"got {f} frames, {'fewer' if clip < self.num_frames else 'more'} than num_frames="
+                f"{self.num_frames} + num_images={num_images}: temporal_pos='absolute' has a temp_embed row "
+                "for each of num_frames clip frames (temporal_pos='rope' takes clips of any length)"
+            )
+        if cache is not None:
+            require(cache.batch_size == b, f"the cache streams {cache.batch_size} videos, but x holds {b}")
+            require(num_images == 0, f"num_images={num_images}: a streamed call carries clip frames only")
+            require(
+                self.temporal_pos == "rope" or cache.frames + clip <= self.num_frames,
+                f"the stream reaches frame {cache.frames + clip}, but temporal_pos='absolute' embeds "
+                f"num_frames={self.num_frames} frames: stream with temporal_pos='rope'",
+            )
+
+    def embed_timesteps(self, t: torch.Tensor, frames: int) -> torch.Tensor:
+        """Timestep embedding per latent frame (b, t, d) of t (b,), one per clip, or (b, t), one per frame."""
+        if t.ndim == 1:
+            return repeat(self.t_embedder(t), "b d -> b t d", t=frames)  # (b, t, d)
+        return rearrange(self.t_embedder(t.flatten()), "(b t) d -> b t d", b=t.shape[0])  # (b, t, d)
 
     def embed_labels(
-        self, y: torch.Tensor | None, y_image: torch.Tensor | None, images: int
+        self, y: torch.Tensor | None, y_image: torch.Tensor | None, video: int, images: int
     ) -> torch.Tensor | None:
         """Label embedding per latent frame (b, t, d): the clip's label on its frames, then each image's."""
         if self.y_embedder is None:
@@ -727,9 +840,83 @@ class Latte(nn.Module):
         assert y_image.shape == (b, images), (
             f"y_image must hold one label per image, shape ({b}, {images}), got {tuple(y_image.shape)}"
         )
-        clip = repeat(self.y_embedder(y), "b d -> b f d", f=self.latent_frames)  # (b, f, d)
+        clip = repeat(self.y_embedder(y), "b d -> b f d", f=video)  # (b, f, d)
         own = rearrange(self.y_embedder(y_image.flatten()), "(b n) d -> b n d", b=b)  # (b, n, d)
         return torch.cat([clip, own], dim=1)  # (b, t, d)
+
+    def describe_frames(
+        self, video: int, c: torch.Tensor | None, cache: LatteCache | None, device: torch.device
+    ) -> Frames:
+        """The Frames of a call: the clip's positions after those cached, and whom each frame sees."""
+        offset = 0 if cache is None else cache.frames
+        queries = torch.arange(offset, offset + video, device=device)  # (f,) absolute positions
+        keys = queries if cache is None else torch.cat([cache.positions.to(device), queries])  # (n + f,)
+        return Frames(video, c, offset, self.visible(queries, keys, self.window, self.sink_frames))
+
+    #############################################################################
+    #                         Trunk (features) and Head                         #
+    #############################################################################
+
+    def block_indices(self, layers: Sequence[int] | None) -> list[int]:
+        """`layers` as block indices in [0, depth): None is the last block; negative count from the end."""
+        layers = [self.depth - 1] if layers is None else list(layers)
+        require(
+            all(-self.depth <= i < self.depth for i in layers),
+            f"layers={layers} must be block indices in [-{self.depth}, {self.depth})",
+        )
+        return [i % self.depth for i in layers]
+
+    def features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        y_image: torch.Tensor | None = None,
+        *,
+        num_images: int = 0,
+        cache: LatteCache | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> Features:
+        """Patch tokens (b, t, l, d) after each block in `layers` (default: the last; negative from the end).
+
+        Inputs as in `forward`. Without a cache, blocks after the last chosen one do not run.
+        """
+        self.check_inputs(x, t, y, num_images, cache)
+        chosen = self.block_indices(layers)  # in [0, depth)
+        last = self.depth - 1 if cache is not None else max(chosen)  # a cache needs every block's K/V
+        video = (x.shape[1] - num_images) // self.x_embedder.frames_per_token  # latent clip frames
+        x = self.x_embedder(x) + self.pos_embed  # (b, t, l, d): t = latent clip frames + images
+        t_emb = self.embed_timesteps(t, video + num_images)  # (b, t, d)
+        labels = self.embed_labels(y, y_image, video, num_images)  # (b, t, d) or None
+        c, tokens = self.conditioner.condition(t_emb, labels)  # (b, t, d), (b, t, m, d): one is None
+        m = 0 if tokens is None else tokens.shape[2]  # all_tokens: m conditioning tokens lead every frame
+        if m:
+            x = torch.cat([tokens, x], dim=2)  # (b, t, m + l, d)
+        frames = self.describe_frames(video, c, cache, x.device)  # the clip's positions and temporal mask
+        hidden = {}  # chosen block index -> (b, t, l, d)
+        for i, block in enumerate(self.blocks[: last + 1]):
+            if i == self.temp_embed_at:  # absolute: before the first block that attends across frames
+                temp_embed = self.temp_embed[:, frames.offset : frames.offset + video]  # (1, f, d)
+                x = add_to_video(x, video, temp_embed.unsqueeze(2))  # (b, t, m + l, d)
+            x = block(x, frames, None if cache is None else cache.layers.get(i))  # (b, t, m + l, d)
+            if i in chosen:
+                hidden[i] = x[:, :, m:]  # (b, t, l, d): the conditioning tokens are dropped
+        if cache is not None:
+            cache.advance(video, self.window, self.sink_frames)  # the new frames join; the window rolls
+        return Features([hidden[i] for i in chosen], c)  # [(b, t, l, d)], (b, t, d) or None
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches (b, t, l, p*p*c_out), channel fastest, back to frames (b, t, c_out, h, w)."""
+        grid, p = self.input_size // self.patch_size, self.patch_size
+        return rearrange(
+            x, "b t (gh gw) (p q c) -> b t c (gh p) (gw q)", gh=grid, p=p, q=p
+        )  # (b, t, c, h, w)
+
+    def head(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """Frames (b, f, c_out, h, w) from the last block's patch tokens (b, t, l, d) and c (b, t, d)."""
+        x = self.final_layer(x, c)  # (b, t, l, p*p*c_out)
+        x = self.unpatchify(x)  # (b, t, c_out, h, w)
+        return self.frame_upsample(x)  # (b, f, c_out, h, w)
 
     def forward(
         self,
@@ -737,125 +924,14 @@ class Latte(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None = None,
         y_image: torch.Tensor | None = None,
+        *,
+        num_images: int = 0,
+        cache: LatteCache | None = None,
     ) -> torch.Tensor:
-        """Predict (b, f, c_out, h, w) from latents x (b, f, c, h, w), timesteps t (b,) and labels y (b,).
+        """Predict (b, f, c_out, h, w) from latents x (b, f, c, h, w), timesteps t (b,) or (b, f), y (b,).
 
-        f = num_frames + n: any frames after the clip are n independent images with labels y_image (b, n).
+        The last `num_images` frames of x are independent images with labels y_image (b, num_images).
+        With `cache` (from `new_cache`), x holds the next frames of the stream, and only they come out.
         """
-        assert x.ndim == 5, f"Latte expects latents shaped (b, f, c, h, w), got {tuple(x.shape)}"
-        b, f, c, h, w = x.shape  # latents: frames before channels
-        images = f - self.num_frames
-        assert images >= 0, (
-            f"got {f} frames, fewer than num_frames={self.num_frames}: x holds the clip, then any images"
-        )
-        assert c == self.in_channels, f"got {c} channels on dim 2, expected in_channels={self.in_channels}"
-        assert h == w == self.input_size, (
-            f"got {h}x{w} latents, but pos_embed is built for {self.input_size}^2"
-        )
-        assert t.shape == (b,), f"t must hold one timestep per video, shape ({b},), got {tuple(t.shape)}"
-        assert (y is not None) == (self.y_embedder is not None), (
-            f"y must be given iff the model is class-conditional (num_classes={self.num_classes})"
-        )
-        _require(
-            images == 0 or self.x_embedder.frames_per_token == 1,
-            f"x carries {images} image frames after the num_frames={self.num_frames} clip, but "
-            f"patch_embed='compression' merges frames into tubelets: image-video joint training needs "
-            "patch_embed='uniform'",
-        )
-        video = self.latent_frames
-        x = self.x_embedder(x) + self.pos_embed  # (b, t, l, d): t = latent clip frames + images
-        labels = self.embed_labels(y, y_image, images)  # (b, t, d) or None
-        c, tokens = self.conditioner.condition(self.t_embedder(t), labels, video + images)  # (b, t, [m,] d)
-        m = 0 if tokens is None else tokens.shape[2]  # all_tokens: m conditioning tokens lead every frame
-        if m:
-            x = torch.cat([tokens, x], dim=2)  # (b, t, m + l, d)
-        frames = Frames(video, c)
-        for i, block in enumerate(self.blocks):
-            if i == self.temp_embed_at:  # absolute: before the first block that attends across frames
-                x = add_to_video(x, video, self.temp_embed.unsqueeze(2))  # (b, t, m + l, d)
-            x = block(x, frames)  # (b, t, m + l, d)
-        x = self.final_layer(x[:, :, m:], c)  # (b, t, l, p*p*c_out): the conditioning tokens are dropped
-        x = self.unpatchify(x)  # (b, t, c_out, h, w)
-        return self.frame_upsample(x)  # (b, f, c_out, h, w)
-
-
-#################################################################################
-#                              Official Checkpoints                             #
-#################################################################################
-
-
-def _parse_model_name(model: str) -> tuple[str, int]:
-    """Official model name like 'Latte-XL/2' or 'LatteIMG-XL/2' to (size, patch_size)."""
-    names = {
-        f"{prefix}-{size}/{patch}": (size, patch)
-        for prefix in ("Latte", "LatteIMG")
-        for size in LATTE_SIZES
-        for patch in (2, 4, 8)
-    }
-    _require(model in names, f"model={model!r} is not a Latte model name; valid names: {', '.join(names)}")
-    return names[model]
-
-
-def load_official_latte(
-    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
-    model: str = "Latte-XL/2",
-    input_size: int = 32,
-    num_frames: int = 16,
-    in_channels: int = 4,
-    learn_sigma: bool = True,
-    num_classes: int | None = None,
-) -> Latte:
-    """Build a Latte from an official release file (a dict with "ema" or "model") and load it strictly.
-
-    `num_classes=None` infers it from `y_embedder.embedding_table.weight` (rows - 1), else 0.
-    Returns the model in eval mode.
-    """
-    size, patch_size = _parse_model_name(model)
-    checkpoint = path_or_state_dict
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = load_file(checkpoint, "an official Latte file")
-    _require(
-        isinstance(checkpoint, Mapping), f"a Latte checkpoint is a dict, got {type(checkpoint).__name__}"
-    )
-    found = list(checkpoint)
-    _require(
-        "ema" in checkpoint or "model" in checkpoint,
-        f"checkpoint has neither an 'ema' nor a 'model' entry; found {len(found)} keys: {found[:8]}",
-    )
-    state_dict = checkpoint["ema"] if "ema" in checkpoint else checkpoint["model"]
-    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    if num_classes is None:
-        table = state_dict.get("y_embedder.embedding_table.weight")
-        num_classes = 0 if table is None else table.shape[0] - 1
-
-    with torch.device("meta"):  # no random init: the strict load below sets every tensor
-        latte = Latte(
-            size=size,
-            patch_size=patch_size,
-            input_size=input_size,
-            in_channels=in_channels,
-            num_frames=num_frames,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-        )
-    expected = {key: tuple(value.shape) for key, value in latte.state_dict().items()}
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    _require(
-        not missing and not unexpected,
-        f"checkpoint does not match {model} (num_classes={num_classes}): "
-        f"missing keys {missing}, unexpected keys {unexpected}",
-    )
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {shape}"
-        for key, shape in expected.items()
-        if tuple(state_dict[key].shape) != shape
-    ]
-    _require(
-        not mismatched,
-        f"checkpoint shapes do not match {model} with input_size={input_size}, num_frames={num_frames}, "
-        f"in_channels={in_channels}, learn_sigma={learn_sigma}, num_classes={num_classes}: {mismatched}",
-    )
-    latte.to_empty(device="cpu")  # every tensor is a Parameter in the state_dict, so none stays empty
-    latte.load_state_dict(state_dict, strict=True)
-    return latte.eval()
+        features = self.features(x, t, y, y_image, num_images=num_images, cache=cache)  # last block
+        return self.head(features.hidden[0], features.c)  # (b, f, c_out, h, w)

@@ -81,9 +81,10 @@ class LatteDiffusion(VideoModule):
         b = x0.shape[0]
         t = self.diffusion.sample_t(b, generator=generator, device=self.device)  # (b,)
         noise = self.draw_noise(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self.diffusion.training_losses(
-            self.backbone, x0, t, noise=noise, model_kwargs=self._condition(batch)
-        )
+        model_kwargs = self._condition(batch)
+        if x0.shape[1] > self.backbone.num_frames:  # joint training: images follow each clip in the batch
+            model_kwargs["num_images"] = x0.shape[1] - self.backbone.num_frames
+        return self.diffusion.training_losses(self.backbone, x0, t, noise=noise, model_kwargs=model_kwargs)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.latte import LATTE_SIZES, Latte, load_official_latte
+from backbones.latte import LATTE_SIZES, Latte
+from backbones.pretrained import load_official_latte
 
 # Tiny config for CPU checks: size "tiny" = depth 4, hidden 128, heads 4.
 TINY = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)

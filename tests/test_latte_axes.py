@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.latte import LATTE_SIZES, Latte, RotaryEmbedding
-from backbones.pretrained import DIT_URL, load_dit_init
+from backbones.latte import LATTE_SIZES, Latte
+from backbones.layers import RotaryEmbedding
+from backbones.pretrained import DIT_URL, init_from_dit
 
 TINY = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)
 HIDDEN, PATCH, GRID = 128, 2, 4
@@ -143,16 +144,16 @@ def test_joint_training_images_never_meet_the_clip(variant, conditioning, tempor
     x, t = inputs(frames=4 + 3)
     y, y_image = torch.tensor([1, 2]), torch.tensor([[0, 3, 4], [2, 2, 1]])
     with torch.no_grad():
-        out = model(x, t, y, y_image)
+        out = model(x, t, y, y_image, num_images=3)
         assert out.shape == (2, 7, 8, 8, 8)
         other = x.clone()
         other[:, 5:] = torch.randn_like(other[:, 5:])  # new images 1 and 2
-        changed = model(other, t, y, y_image)
+        changed = model(other, t, y, y_image, num_images=3)
         assert torch.equal(changed[:, :5], out[:, :5]), "the clip and image 0 ignore images 1, 2"
         assert not torch.allclose(changed[:, 5:], out[:, 5:]), "images 1, 2 changed"
         other = x.clone()
         other[:, :4] = torch.randn_like(other[:, :4])  # a new clip
-        changed = model(other, t, y, y_image)
+        changed = model(other, t, y, y_image, num_images=3)
         assert torch.equal(changed[:, 4:], out[:, 4:]), "images ignore the clip's content"
         clip_only = model(x[:, :4], t, y)
     torch.testing.assert_close(out[:, :4], clip_only, atol=1e-5, rtol=1e-5)
@@ -166,7 +167,7 @@ def test_joint_training_images_never_meet_the_clip(variant, conditioning, tempor
 def test_joint_training_images_skip_temporal_weights(variant, temporal):
     model = tiny(variant=variant)
     x, t = inputs(frames=4 + 2)
-    model(x, t)[:, 4:].square().sum().backward()  # the images' outputs only
+    model(x, t, num_images=2)[:, 4:].square().sum().backward()  # the images' outputs only
     grads = {name: p.grad.abs().sum().item() for name, p in model.named_parameters() if p.requires_grad}
     skipped = {name for name in grads if re.match(rf".*{temporal}", name)}
     assert skipped and all(grads[name] == 0 for name in skipped), "images skip the temporal part"
@@ -178,34 +179,34 @@ def test_joint_training_labels_are_per_image():
     x, t = inputs(frames=6)
     y, y_image = torch.tensor([1, 2]), torch.tensor([[0, 3], [4, 4]])
     with torch.no_grad():
-        out = model(x, t, y, y_image)
-        new_clip_label = model(x, t, torch.tensor([3, 0]), y_image)
+        out = model(x, t, y, y_image, num_images=2)
+        new_clip_label = model(x, t, torch.tensor([3, 0]), y_image, num_images=2)
         assert not torch.allclose(new_clip_label[:, :4], out[:, :4])
         assert torch.equal(new_clip_label[:, 4:], out[:, 4:]), "images are conditioned on their own labels"
-        new_image_label = model(x, t, y, torch.tensor([[2, 3], [4, 4]]))
+        new_image_label = model(x, t, y, torch.tensor([[2, 3], [4, 4]]), num_images=2)
         assert not torch.allclose(new_image_label[0, 4], out[0, 4])
         assert torch.equal(new_image_label[:, :4], out[:, :4]) and torch.equal(
             new_image_label[:, 5], out[:, 5]
         )
         null = torch.full((2, 2), 5)
-        all_null = model(x, t, torch.tensor([5, 5]), null)
+        all_null = model(x, t, torch.tensor([5, 5]), null, num_images=2)
     model.train()
     model.y_embedder.dropout_prob = 1.0  # label dropout hits the clip's label and every image's label
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t, y, y_image), all_null, atol=0, rtol=0)
+        torch.testing.assert_close(model(x, t, y, y_image, num_images=2), all_null, atol=0, rtol=0)
 
 
 def test_joint_training_errors():
     conditional, x = tiny(num_classes=5), inputs(frames=6)[0]
     t, y = torch.tensor([1, 2]), torch.tensor([0, 1])
     with pytest.raises(AssertionError, match=r"needs y_image \(2, n\)"):
-        conditional(x, t, y)
+        conditional(x, t, y, num_images=2)
     with pytest.raises(AssertionError, match=r"y_image must hold one label per image, shape \(2, 2\)"):
-        conditional(x, t, y, torch.zeros(2, 3, dtype=torch.long))
+        conditional(x, t, y, torch.zeros(2, 3, dtype=torch.long), num_images=2)
     with pytest.raises(AssertionError, match="model is unconditional"):
-        tiny()(x, t, None, torch.zeros(2, 2, dtype=torch.long))
+        tiny()(x, t, None, torch.zeros(2, 2, dtype=torch.long), num_images=2)
     with pytest.raises(ValueError, match=r"2 image frames .*patch_embed='compression'"):
-        tiny(patch_embed="compression")(x, t)
+        tiny(patch_embed="compression")(x, t, num_images=2)
 
 
 @pytest.mark.parametrize(("variant", "at"), [(1, 1), (2, 2), (3, 0), (4, 0)])
@@ -218,7 +219,7 @@ def test_temp_embed_is_added_once_before_the_first_temporal_attention(variant, a
         block.register_forward_hook(lambda m, args, out, i=i: seen.update({i: out}))
     x, t = inputs(frames=4 + 2)
     with torch.no_grad():
-        model(x, t)
+        model(x, t, num_images=2)
     before = seen[at - 1] + (model.pos_embed if at == 0 else 0)
     added = seen[f"in{at}"] - before  # (b, t, l, d)
     torch.testing.assert_close(added[:, :4], model.temp_embed[:, :, None].expand(2, 4, 16, HIDDEN))
@@ -402,7 +403,7 @@ def fake_dit(depth: int = 4, learn_sigma: bool = True, seed: int = 0) -> dict[st
 def test_dit_init_loads_spatial_blocks_and_keeps_temporal_init():
     dit = fake_dit()
     fresh, model = tiny(perturb=False, seed=3), tiny(perturb=False, seed=3)
-    report = load_dit_init(model, {"ema": dit})
+    report = init_from_dit(model, {"ema": dit})
     state, init = model.state_dict(), fresh.state_dict()
     for i in (0, 2):  # spatial blocks
         for name in ("attn.qkv.weight", "attn.proj.bias", "mlp.fc2.weight", "adaLN_modulation.1.weight"):
@@ -427,7 +428,7 @@ def test_dit_init_variant3_compression_and_shape_mismatch():
     dit = fake_dit()
     model = tiny(perturb=False, seed=3, variant=3, patch_embed="compression", learn_sigma=False)
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    report = load_dit_init(model, dit)
+    report = init_from_dit(model, dit)
     state = model.state_dict()
     assert torch.equal(state["blocks.2.attn.qkv.weight"], dit["blocks.2.attn.qkv.weight"])
     assert torch.equal(state["blocks.2.adaLN_modulation.1.bias"], dit["blocks.2.adaLN_modulation.1.bias"])
@@ -448,7 +449,7 @@ def test_dit_init_variant3_compression_and_shape_mismatch():
 def test_dit_init_variant4_loads_whole_blocks():
     dit = fake_dit()
     model = tiny(perturb=False, variant=4)
-    report = load_dit_init(model, dit)
+    report = init_from_dit(model, dit)
     assert torch.equal(model.blocks[1].attn.qkv.weight, dit["blocks.1.attn.qkv.weight"]), (
         "factorised-heads blocks have no temporal-only tensors: the whole block starts from DiT's"
     )
@@ -467,7 +468,7 @@ def test_dit_init_from_constructor_file_and_all_tokens(tmp_path):
 def test_dit_init_of_another_width_is_an_error_not_a_silent_partial_init():
     narrow = {k: v[..., : v.shape[-1] // 2] if k.startswith("blocks.") else v for k, v in fake_dit().items()}
     with pytest.raises(ValueError, match=r"does not fit this Latte: blocks\.0\..*hidden 128"):
-        load_dit_init(tiny(perturb=False), narrow)
+        init_from_dit(tiny(perturb=False), narrow)
 
 
 def test_dit_init_missing_file_says_where_to_get_it(tmp_path):
