@@ -17,7 +17,6 @@ patch tokens, led by the 1-2 conditioning tokens with conditioning="all_tokens")
 """
 
 import dataclasses
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -549,8 +548,8 @@ class Latte(nn.Module):
       `self.out_channels` counts both halves). With in_channels > out_channels (AAPT: the noisy frame and
       the previous latent frame joined on channels), `extra_channels_init` (EXTRA_CHANNEL_INITS) initialises
       the patch-embedding weights of the extra input channels: "random" (AAPT) or "zero".
-    * `pretrained_dit`: compatibility until `init=imagenet_dit` applies `backbones.init_from_dit` to the
-      built model: path of an ImageNet DiT checkpoint for the spatial parts; report in `dit_init_report`.
+    * ImageNet-DiT initialisation is a step applied to a built model: `backbones.init_from_dit(model, path)`
+      (`init=imagenet_dit`).
 
     Streaming (temporal_mask="causal"): `cache = model.new_cache(b)`, then `model(x, t, y, cache=cache)`
     with x (b, f_new, c, h, w), f_new >= 1, runs the new frames at the positions after those streamed
@@ -598,7 +597,6 @@ class Latte(nn.Module):
         sink_frames: int = 1,
         out_channels: int | None = None,
         extra_channels_init: str = "random",
-        pretrained_dit: str | os.PathLike | None = None,
     ):
         super().__init__()
         require(size in LATTE_SIZES, f"size={size!r} is unknown; valid sizes: {', '.join(LATTE_SIZES)}")
@@ -701,12 +699,6 @@ class Latte(nn.Module):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, self.conditioner)
         self.initialize_weights()
-        self.dit_init_report = None
-        if pretrained_dit is not None:  # compatibility until init=imagenet_dit applies init_from_dit itself
-            # Imported here, not at the top: backbones/pretrained.py imports this module.
-            from backbones.pretrained import init_from_dit
-
-            self.dit_init_report = init_from_dit(self, pretrained_dit)
 
     def initialize_weights(self) -> None:
         """Official initialisation; adaLN-Zero and the last output layer start at zero, so the output is 0."""

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from backbones.pretrained import load_dit_init as init_from_dit  # the DiT step: switch it here only
+from backbones import init_from_dit
 from lightning_modules.base import VideoModule
 from utils.files import load_file
 

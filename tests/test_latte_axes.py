@@ -456,13 +456,14 @@ def test_dit_init_variant4_loads_whole_blocks():
     assert not [key for key in report["kept"] if key.startswith("blocks.")]
 
 
-def test_dit_init_from_constructor_file_and_all_tokens(tmp_path):
+def test_dit_init_from_a_file_and_all_tokens(tmp_path):
     path = tmp_path / "DiT-XL-2-256x256.pt"
     torch.save(fake_dit(), path)
-    model = Latte(size="tiny", conditioning="all_tokens", pretrained_dit=str(path), **TINY)
+    model = Latte(size="tiny", conditioning="all_tokens", **TINY)
+    report = init_from_dit(model, path)
     assert torch.equal(model.blocks[0].mlp.fc1.weight, fake_dit()["blocks.0.mlp.fc1.weight"])
-    assert "blocks.0.adaLN_modulation.1.weight" in model.dit_init_report["dropped"], "no adaLN here"
-    assert "final_layer.adaLN_modulation.1.weight" in model.dit_init_report["dropped"]
+    assert "blocks.0.adaLN_modulation.1.weight" in report["dropped"], "no adaLN here"
+    assert "final_layer.adaLN_modulation.1.weight" in report["dropped"]
 
 
 def test_dit_init_of_another_width_is_an_error_not_a_silent_partial_init():
@@ -474,4 +475,4 @@ def test_dit_init_of_another_width_is_an_error_not_a_silent_partial_init():
 def test_dit_init_missing_file_says_where_to_get_it(tmp_path):
     missing = tmp_path / "nowhere" / "DiT-XL-2-256x256.pt"
     with pytest.raises(FileNotFoundError, match=rf"nowhere/DiT-XL-2-256x256.pt.*{re.escape(DIT_URL)}"):
-        Latte(size="tiny", pretrained_dit=str(missing), **TINY)
+        init_from_dit(Latte(size="tiny", **TINY), missing)
