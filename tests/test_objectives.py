@@ -401,6 +401,24 @@ def test_train_py_with_flow_matching_and_euler_trains_and_samples_guided_videos(
         sample(compose_train(tmp_path / "d", ["num_videos=2", f"ckpt_path={ckpt}"], config_name="sample"))
 
 
+def test_the_issue_command_trains_a_causal_rope_latte_with_flow_matching_and_samples_with_euler(tmp_path):
+    """`python train.py diffusion=flow_matching backbone.temporal_mask=causal backbone.temporal_pos=rope`: the
+    quickstart's sampler follows the objective (sampler=ode_${diffusion}), so its videos come from Euler."""
+    from utils.run import train
+
+    command = ["diffusion=flow_matching", "backbone.temporal_mask=causal", "backbone.temporal_pos=rope"]
+    cfg = compose_train(tmp_path, [*command, *TINY])
+    assert cfg.sampler._target_ == "diffusion.EulerSampler"
+    assert compose_train(tmp_path, TINY).sampler.method == "ddim", "Gaussian diffusion keeps DDIM"
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"]) and "train/loss_vlb" not in metrics
+    assert (tmp_path / "run" / "samples" / "step_0000004.mp4").is_file()
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    config = state["hyper_parameters"]["config"]
+    assert config["module"]["backbone"]["temporal_mask"] == "causal"
+    assert config["module"]["sampler"]["_target_"] == "diffusion.EulerSampler"
+
+
 def test_train_py_refuses_euler_on_gaussian_diffusion_before_training(tmp_path):
     from utils.run import train
 
