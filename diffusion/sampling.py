@@ -16,11 +16,14 @@ sampler                 objective           how
 ======================  ==================  ==========================================================
 """
 
+import copy
 import inspect
 import re
+import weakref
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.flow_matching import FlowMatching
@@ -65,6 +68,36 @@ def classifier_free_guidance(model: Model, cfg_scale: float, null_class: int) ->
 
 
 #################################################################################
+#               Inference Precision: the Weights Cast Once, Compiled            #
+#################################################################################
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CastModel(nn.Module):
+    """A low-precision model called with fp32 latents: x enters at the weights' dtype, the output leaves fp32.
+
+    Timesteps stay fp32 (the timestep embedding computes its frequencies in fp32 before its first Linear) and
+    the sampler's own arithmetic (posterior means, solver steps) stays fp32.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The model's prediction (b, f, c_out, h, w) in fp32 for latents x (b, f, c, h, w)."""
+        return self.model(x.to(self.dtype), t, *args, **kwargs).float()  # (b, f, c_out, h, w)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype for ``precision`` on ``device``; "auto" is bf16 on CUDA and fp32 elsewhere."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return PRECISIONS[precision]
+
+
+#################################################################################
 #                                 Sampler Base                                  #
 #################################################################################
 
@@ -81,10 +114,45 @@ class SamplerBase:
 
     objectives: tuple[type[Objective], ...] = ()
 
-    def __init__(self, num_steps: int | str, cfg_scale: float = 1.0, progress: bool = False):
+    def __init__(
+        self,
+        num_steps: int | str,
+        cfg_scale: float = 1.0,
+        progress: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
+    ):
+        if precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"sampler precision must be one of {[*PRECISIONS, 'auto']}, got {precision!r}")
         self.num_steps = num_steps
         self.cfg_scale = float(cfg_scale)
         self.progress = progress
+        self.precision = precision  # the dtype the weights are cast to, once per call ("auto": bf16 on CUDA)
+        self.compile = compile  # torch.compile the (cast) model; the compiled copy is kept across calls
+        self._fast: tuple | None = None  # (weakref to the model, its cast copy, the callable the loop runs)
+
+    def __getstate__(self) -> dict:
+        """Pickle and deepcopy the recipe, not the cached low-precision copy of a model."""
+        return {**self.__dict__, "_fast": None}
+
+    def inference_model(self, model: Model, device: torch.device) -> Model:
+        """What the loop calls: ``model`` itself, or its copy cast to ``precision`` (and compiled).
+
+        The copy is made at the first call and refreshed from ``model``'s weights at every call (an EMA that
+        trained in between is sampled as it is now), so a compiled copy is compiled once.
+        """
+        dtype = resolve_precision(self.precision, device)
+        if dtype == torch.float32 and not self.compile:
+            return model
+        if not isinstance(model, nn.Module):  # a plain function: autocast, nothing to cast once
+            return model if dtype == torch.float32 else _autocast(model, device, dtype)
+        cached = self._fast
+        if cached is None or cached[0]() is not model or cached[1].dtype != dtype:
+            cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)
+            self._fast = cached = (weakref.ref(model), cast, torch.compile(cast) if self.compile else cast)
+        else:
+            cached[1].model.load_state_dict(model.state_dict())  # cast copies into the same tensors
+        return cached[2]
 
     @property
     def tag(self) -> str:
@@ -129,6 +197,7 @@ class SamplerBase:
         shape = tuple(shape)
         assert len(shape) == 5, f"samplers generate videos of shape (b, f, c, h, w), got {shape}"
         model_kwargs = {} if y is None else {"y": y}
+        model = self.inference_model(model, torch.device(device) if device is not None else _device_of(model))
         if y is not None and self.cfg_scale != 1:
             if null_class is None:
                 raise ValueError(
@@ -160,6 +229,23 @@ class SamplerBase:
 #################################################################################
 
 
+def _device_of(model: Model) -> torch.device:
+    """The device of a module's first parameter (CPU for a plain function)."""
+    if isinstance(model, nn.Module):
+        return next(model.parameters(), torch.empty(0)).device
+    return torch.device("cpu")
+
+
+def _autocast(model: Model, device: torch.device, dtype: torch.dtype) -> Model:
+    """``model`` run under autocast to ``dtype``, its output fp32."""
+
+    def autocast_model(*args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            return model(*args, **kwargs).float()
+
+    return autocast_model
+
+
 class Sampler(SamplerBase):
     """DDPM or DDIM on the diffusion respaced to ``num_steps`` (Latte's samplers), with eta and CFG."""
 
@@ -173,6 +259,8 @@ class Sampler(SamplerBase):
         eta: float = 0.0,
         cfg_scale: float = 1.0,
         progress: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         if method not in self.METHODS:
             raise ValueError(f"sampler method {method!r} is unknown; expected one of {self.METHODS}")
@@ -186,7 +274,7 @@ class Sampler(SamplerBase):
             raise ValueError(f"sampler eta must be >= 0, got {eta}")
         if method == "ddpm" and eta != 0:
             raise ValueError(f"sampler eta={eta} is only used by method='ddim'; set eta=0 for method='ddpm'")
-        super().__init__(num_steps, cfg_scale, progress)
+        super().__init__(num_steps, cfg_scale, progress, precision, compile)
         self.method = method
         self.eta = float(eta)
 
@@ -224,8 +312,15 @@ class DPMSolverSampler(SamplerBase):
 
     objectives = (GaussianDiffusion,)
 
-    def __init__(self, num_steps: int = 20, cfg_scale: float = 1.0, progress: bool = False):
-        super().__init__(_check_steps(num_steps), cfg_scale, progress)
+    def __init__(
+        self,
+        num_steps: int = 20,
+        cfg_scale: float = 1.0,
+        progress: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
+    ):
+        super().__init__(_check_steps(num_steps), cfg_scale, progress, precision, compile)
 
     @property
     def tag(self) -> str:
@@ -273,11 +368,17 @@ class EulerSampler(SamplerBase):
     objectives = (FlowMatching,)
 
     def __init__(
-        self, num_steps: int = 50, shift: float | None = None, cfg_scale: float = 1.0, progress: bool = False
+        self,
+        num_steps: int = 50,
+        shift: float | None = None,
+        cfg_scale: float = 1.0,
+        progress: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ):
         if shift is not None and shift <= 0:
             raise ValueError(f"sampler shift must be > 0 or null (the objective's shift), got {shift}")
-        super().__init__(_check_steps(num_steps), cfg_scale, progress)
+        super().__init__(_check_steps(num_steps), cfg_scale, progress, precision, compile)
         self.shift = shift
 
     @property

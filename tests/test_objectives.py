@@ -1,12 +1,15 @@
 """The objective interface (Gaussian diffusion, flow matching) and the samplers of diffusion/sampling.py."""
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 from hydra.errors import InstantiationException
+from torch import nn
 
+from backbones import Latte
 from diffusion import (
     DPMSolverSampler,
     EulerSampler,
@@ -16,6 +19,7 @@ from diffusion import (
     Sampler,
     shift_time,
 )
+from diffusion.sampling import PRECISIONS
 from tests.conftest import TINY, compose_train
 from tests.test_diffusion import gaussian_data_model, label_model, oracle_model, reference_linear_schedule
 
@@ -306,7 +310,8 @@ def test_cfg_on_every_sampler_is_uncond_plus_scale_times_the_difference(choice):
     noise = torch.randn(2, 2, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     batches = []
     counting = lambda x, t, y: batches.append(len(x)) or model(x, t, y)
-    guided_sampler = type(sampler)(**{**vars(sampler), "cfg_scale": scale})
+    guided_sampler = copy.copy(sampler)
+    guided_sampler.cfg_scale = scale
 
     def run(s, m):
         return s(
@@ -356,13 +361,51 @@ def test_sampler_names_reprs_and_errors():
     assert EulerSampler(num_steps=25).name == "euler25"
     assert EulerSampler(num_steps=8, shift=3.0, cfg_scale=2.0).name == "euler8-shift3.0-cfg2.0"
     assert DPMSolverSampler().name == "dpmpp2m20"
-    assert repr(EulerSampler()) == "EulerSampler(num_steps=50, shift=None, cfg_scale=1.0, progress=False)"
-    assert repr(DPMSolverSampler()) == "DPMSolverSampler(num_steps=20, cfg_scale=1.0, progress=False)"
+    assert repr(EulerSampler()) == (
+        "EulerSampler(num_steps=50, shift=None, cfg_scale=1.0, progress=False, precision='fp32', "
+        "compile=False)"
+    )
+    assert repr(DPMSolverSampler(precision="bf16")) == (
+        "DPMSolverSampler(num_steps=20, cfg_scale=1.0, progress=False, precision='bf16', compile=False)"
+    )
     for build in (lambda: EulerSampler(num_steps=0), lambda: DPMSolverSampler(num_steps="ddim20")):
         with pytest.raises(ValueError, match="num_steps"):
             build()
     with pytest.raises(ValueError, match="shift"):
         EulerSampler(shift=-1.0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_sampling_casts_the_weights_once_and_matches_fp32_within_its_tolerance(precision):
+    torch.manual_seed(0)
+    model = Latte(size="tiny", patch_size=2, input_size=8, num_frames=4, learn_sigma=True).eval()
+    for p in model.parameters():  # the zero-initialised final layer would predict 0 at any precision
+        p.data.add_(0.02 * torch.randn_like(p))
+    noise = torch.randn(2, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    run = lambda s: s(model, GaussianDiffusion(), noise.shape, noise=noise)  # noqa: E731
+    reference = run(Sampler("ddim", 5))
+    fast = Sampler("ddim", 5, precision=precision)
+    low = run(fast)
+    cast = fast._fast[1].model
+    assert low.dtype == torch.float32 and cast.pos_embed.dtype == PRECISIONS[precision]
+    error = (low - reference).abs().max().item()
+    assert 0 < error < 0.05 * reference.abs().max().item(), f"{precision} differs from fp32 by {error}"
+    with torch.no_grad():
+        model.final_layer.linear.bias.add_(1.0)  # e.g. the EMA moved between two callback calls
+    moved = run(fast)
+    assert fast._fast[1].model is cast, "the cast copy is made once and refreshed in place"
+    assert (moved - run(Sampler("ddim", 5))).abs().max() < 0.05 * moved.abs().max(), (
+        "it samples the new weights"
+    )
+    assert copy.deepcopy(fast)._fast is None, "a copied sampler carries its recipe, not the cast model"
+
+
+def test_fp32_and_auto_on_cpu_sample_the_model_itself():
+    model = nn.Linear(2, 2)
+    for precision in ("fp32", "auto"):
+        assert Sampler(precision=precision).inference_model(model, torch.device("cpu")) is model
+    with pytest.raises(ValueError, match="precision"):
+        Sampler(precision="int8")
 
 
 #################################################################################
