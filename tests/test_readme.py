@@ -128,7 +128,8 @@ def _fake_slurm(bin_dir: Path, record: Path) -> None:
 def test_readme_multirun_command_runs_as_written(tmp_path, command):
     assert "paths." not in command and "hydra.sweep" not in command
     args = command.split()[3:]  # after `python train.py -m`
-    slurm = "hydra/launcher=submitit_slurm" in args
+    launcher = next((a.split("=")[1] for a in args if a.startswith("hydra/launcher=")), "basic")
+    slurm = launcher.startswith("slurm_") or launcher == "submitit_slurm"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
     env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
     record = tmp_path / "sbatch_script.sh"
@@ -150,6 +151,11 @@ def test_readme_multirun_command_runs_as_written(tmp_path, command):
             name, value = option
             if name in ("nodes", "partition", "gpus_per_node", "cpus_per_task"):
                 assert f"--{name.replace('_', '-')}={value}" in script, (option, script)
+        if launcher.startswith("slurm_"):  # the preset's layout: one task per GPU, 3 days, 8 CPUs per task
+            gpus = re.fullmatch(r"slurm_(\d+)gpu", launcher).group(1)
+            for option in (f"--gpus-per-node={gpus}", f"--ntasks-per-node={gpus}", "--cpus-per-task=8"):
+                assert option in script, (option, script)
+            assert "--time=4320" in script, script
         return
     assert result.returncode == 0, result.stderr[-4000:]
     (sweep,) = (tmp_path / "logs").glob("*/multiruns/*")

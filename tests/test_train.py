@@ -379,3 +379,10 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes_in_its
     assert second.returncode == 0, second.stderr[-3000:]
     assert int((marks / "start_step").read_text()) == step, "the requeued job must continue, not restart"
     assert [p.name for p in (tmp_path / "logs" / "quickstart" / "runs").iterdir()] == ["slurm-4242"]
+
+
+def test_ddp_trainer_takes_the_node_count_of_the_slurm_job(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_NNODES", raising=False)
+    assert compose_train(tmp_path, ["trainer=ddp"]).trainer.num_nodes == 1
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert compose_train(tmp_path, ["trainer=ddp"]).trainer.num_nodes == 2
