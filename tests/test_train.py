@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -381,8 +382,48 @@ def test_slurm_requeue_signal_saves_requeues_and_the_requeued_job_resumes_in_its
     assert [p.name for p in (tmp_path / "logs" / "quickstart" / "runs").iterdir()] == ["slurm-4242"]
 
 
-def test_ddp_trainer_takes_the_node_count_of_the_slurm_job(tmp_path, monkeypatch):
-    monkeypatch.delenv("SLURM_NNODES", raising=False)
+def test_ddp_trainer_takes_the_node_count_of_the_slurm_or_torchrun_job(tmp_path, monkeypatch):
+    for name in ("SLURM_NNODES", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     assert compose_train(tmp_path, ["trainer=ddp"]).trainer.num_nodes == 1
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "3")  # torchrun --nnodes=3
+    assert compose_train(tmp_path, ["trainer=ddp"]).trainer.num_nodes == 3
     monkeypatch.setenv("SLURM_NNODES", "2")
     assert compose_train(tmp_path, ["trainer=ddp"]).trainer.num_nodes == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_under_torchrun_train_the_same_weights_into_one_run_folder(tmp_path):
+    """Two "nodes" on one host (torchrun --nnodes=2 --nproc-per-node=1, c10d rendezvous, gloo): equal weights
+    on both after training; one run folder (named by the rendezvous id), one checkpoint set, one wandb run."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    torchrun += ["--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}", "--rdzv-id=twonodes"]
+    args = [o for o in TINY if o != "logger=csv"] + ["logger=wandb", "trainer=ddp", "trainer.accelerator=cpu"]
+    args += ["trainer.devices=1", "trainer.precision=32-true"]
+    args += ["+callbacks.digest._target_=tests.helpers.probes.WeightsDigestProbe"]
+    args += [f"+callbacks.digest.dirpath={tmp_path / 'digests'}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_")) and k != "NETRC"}
+    env |= {"HOME": str(tmp_path), "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
+    nodes = [
+        subprocess.Popen(
+            [*torchrun, str(ROOT / "train.py"), *args],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    errors = [node.communicate(timeout=600)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    records = [json.loads((tmp_path / "digests" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(r["node"] for r in records) == [0, 1], "each node ran one rank"
+    assert records[0]["step"] == records[1]["step"] == 4
+    assert records[0]["sha256"] == records[1]["sha256"], "the two nodes ended with different weights"
+    (run,) = (tmp_path / "logs" / "quickstart" / "runs").iterdir()
+    assert run.name == "torchrun-twonodes", "every process names the run folder by the rendezvous id"
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert len(list(run.glob("wandb/offline-run-*"))) == 1, "one wandb run, written by rank 0"

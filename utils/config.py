@@ -22,17 +22,25 @@ def sweep_choices() -> list[str]:
     return [c[:64] for c in short]
 
 
-def slurm_job(default: str) -> str:
-    """``slurm-<job id>`` (``slurm-<array job>_<task>``) inside a SLURM batch job, else ``default``.
+def cluster_job(default: str) -> str:
+    """The run folder name of a job: ``slurm-<job id>`` (SLURM), ``torchrun-<rdzv id>``, else ``default``.
 
-    A requeued job keeps its id, so a run folder named by it is found again and the run resumes; every
-    srun task of a multi-node job names the same folder. The test is Lightning's for SLURM (SLURM_NTASKS
-    set, job name not "bash"/"interactive"), so the folder is stable exactly when Lightning auto-requeues.
+    Every process of a multi-node job must name the same folder, which a clock cannot promise, and a
+    requeued or restarted job must find it again to resume. SLURM: ``slurm-<job id>`` (``slurm-<array
+    job>_<task>``), a requeued job keeps its id; the test is Lightning's (SLURM_NTASKS set, job name not
+    "bash"/"interactive"), so the folder is stable exactly when Lightning auto-requeues. torchrun: every node
+    of one rendezvous shares ``--rdzv-id`` (TORCHELASTIC_RUN_ID; ``--standalone`` draws one per launch).
     """
-    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
-        return default
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"slurm-{array}_{task}" if array and task else f"slurm-{os.environ['SLURM_JOB_ID']}"
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm-{array}_{task}" if array and task else f"slurm-{os.environ['SLURM_JOB_ID']}"
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return default if run_id == "none" else f"torchrun-{run_id}"
+
+
+def job_nodes() -> int:
+    """trainer.num_nodes of this job: SLURM's node count, torchrun's number of agents (nodes), else 1."""
+    return int(os.environ.get("SLURM_NNODES") or os.environ.get("GROUP_WORLD_SIZE") or 1)
 
 
 def stable_id(text: str) -> str:
@@ -64,7 +72,8 @@ def register_resolvers() -> None:
         "cwd": os.getcwd,
         "floordiv": lambda a, b: int(a) // int(b),
         "sweep_choices": sweep_choices,
-        "slurm_job": slurm_job,
+        "cluster_job": cluster_job,
+        "job_nodes": job_nodes,
         "stable_id": stable_id,
     }
     for name, resolver in resolvers.items():

@@ -1,6 +1,7 @@
 """Callbacks that record what a run saw, for tests that drive train.py through its config."""
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 
@@ -70,3 +71,18 @@ class RestartProbe(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= 3:
             (self.dirpath / "running").touch()
+
+
+class WeightsDigestProbe(Callback):
+    """Writes ``rank<r>.json`` at the end of training: the step and a sha256 of every weight's bytes."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer, module) -> None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        record = {"step": trainer.global_step, "node": trainer.node_rank, "sha256": digest.hexdigest()}
+        (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
