@@ -16,6 +16,7 @@ from utils.run import train
 
 SMALL = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)
 CAUSAL = dict(temporal_mask="causal", temporal_pos="rope")
+pytestmark = pytest.mark.usefixtures("one_thread")  # many calls on a few tokens
 
 
 def tiny(seed: int = 0, **kwargs) -> Latte:
@@ -37,15 +38,6 @@ def latents(frames: int, batch: int = 2, size: int = 8, seed: int = 1) -> torch.
 def frame_timesteps(frames: int, batch: int = 2, seed: int = 2) -> torch.Tensor:
     """Random integer timesteps, one per frame: (batch, frames)."""
     return torch.randint(0, 1000, (batch, frames), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tests make many calls on a few tokens, where a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -1,0 +1,218 @@
+"""Streaming (issue #12 items 4 and 8): the static per-frame step, labels, stream.py and the latency bench."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backbones import IdentityAutoencoder
+from diffusion.autoregressive import next_frame, rollout
+from diffusion.streaming import FrameDecoder, StreamStep
+from tests.conftest import compose_train
+from tests.helpers.aapt_standin import save_standin, tiny_standin
+from utils.stream import LabelControl, load_streamer, stream
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # many calls on a few tokens
+
+
+def frames(count: int, seed: int = 0, size: int = 8) -> torch.Tensor:
+    """Random frames (1, count, 3, size, size)."""
+    return torch.randn(1, count, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+#################################################################################
+#                         The static step and decoder                           #
+#################################################################################
+
+
+def test_the_static_step_streams_what_the_rollout_makes_across_the_window_wrap():
+    module = tiny_standin()  # window 3 + 1 sink frame: 9 frames wrap the ring twice
+    first, noise = frames(1), frames(9, seed=1)
+    with torch.no_grad():
+        reference = rollout(module.ema, module.objective, first, noise)  # growing cache
+    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8))
+    step.start(first)
+    streamed = torch.cat([step.step(noise[:, k : k + 1]).clone() for k in range(9)], dim=1)
+    torch.testing.assert_close(streamed, reference, atol=1e-5, rtol=1e-5)
+    assert step.frames == 9 and reference[:, -1].abs().mean() > 0.1
+    step.start(first)  # a new stream on the same buffers gives the same frames
+    torch.testing.assert_close(step.step(noise[:, :1]), reference[:, :1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_label_switch_mid_stream_conditions_the_frames_after_it():
+    module = tiny_standin(num_classes=4)
+    first, noise = frames(1), frames(6, seed=1)
+    cache, previous, expected = module.ema.new_cache(1), first, []
+    with torch.no_grad():
+        for k in range(6):  # class 1 for frames 1-3, class 3 from frame 4 on
+            y = torch.tensor([1 if k < 3 else 3])
+            previous = next_frame(module.ema, module.objective, cache, previous, noise[:, k : k + 1], y)
+            expected.append(previous)
+    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8))
+    step.start(first, y=1)
+    streamed = [step.step(noise[:, k : k + 1], y=3 if k == 3 else None).clone() for k in range(6)]
+    torch.testing.assert_close(torch.cat(streamed, 1), torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unconditional"):
+        StreamStep(tiny_standin().ema, module.objective, 1, (3, 8, 8)).set_label(2)
+
+
+def test_the_frame_decoder_maps_a_latent_frame_to_uint8_pixels():
+    latent = torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 3, 1, 1).expand(1, 1, 3, 2, 2)
+    pixels = FrameDecoder(IdentityAutoencoder(3, 1), latent)(latent)  # (1, 2, 2, 3)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (1, 2, 2, 3)
+    assert pixels[0, 0, 0].tolist() == [0, 128, 255]
+
+
+def test_compile_and_graph_options_are_checked():
+    module = tiny_standin()
+    with pytest.raises(ValueError, match="compile='fast' must be one of"):
+        StreamStep(module.ema, module.objective, 1, (3, 8, 8), compile="fast")
+    with pytest.raises(ValueError, match="cuda_graph=true needs a CUDA device"):
+        StreamStep(module.ema, module.objective, 1, (3, 8, 8), cuda_graph=True)
+
+
+#################################################################################
+#                          Labels: schedule and stdin                           #
+#################################################################################
+
+
+def test_labels_follow_the_schedule_and_typed_lines_win():
+    control = LabelControl({0: 5, 240: "diving"}, names=["A", "Diving", "C", "D", "E", "F"], num_classes=6)
+    assert control.schedule == {0: 5, 240: 1}
+    assert [control.at(k) for k in (0, 1, 240)] == [5, None, 1]
+    for line in ("2\n", "nonsense\n", "17\n", "c\n"):  # an index, no class, out of range, a name
+        control.typed.put(line)
+    assert control.at(240) == 2, "the last valid typed line wins over the schedule"
+    assert control.at(241) is None
+    control.listen(io.StringIO("4\n")).join(timeout=10)  # the thread that reads stdin
+    assert control.at(242) == 4
+    with pytest.raises(ValueError, match="every class must be an index or a name"):
+        LabelControl({0: "nonesuch"}, num_classes=3)
+
+
+#################################################################################
+#                                 stream.py                                     #
+#################################################################################
+
+
+def read_mp4(path) -> np.ndarray:
+    """Every frame of an mp4, (f, h, w, 3) uint8."""
+    import imageio.v2 as imageio
+
+    return np.stack(imageio.mimread(path))
+
+
+def test_stream_py_writes_the_stream_and_its_latency(tmp_path):
+    ckpt = tmp_path / "aapt" / "last.ckpt"
+    module = save_standin(ckpt, num_classes=4, data_classes=4)
+    image = np.zeros((12, 16, 3), dtype=np.uint8)
+    image[:, 2:14] = 255  # white centre square after the center crop: 12 x 12, resized to 8 x 8
+    Image.fromarray(image).save(tmp_path / "first.png")
+    overrides = [f"ckpt_path={ckpt}", "num_frames=6", f"first_frame={tmp_path / 'first.png'}"]
+    cfg = compose_train(tmp_path, [*overrides, "labels={0: 1, 4: 3}", "log_every=3"], config_name="stream")
+    summary = stream(cfg, stdin=None)
+    assert summary["frames"] == 6 and summary["class_switches"] == [(0, 1), (4, 3)]
+    video = read_mp4(tmp_path / "run" / "stream.mp4")
+    assert video.shape[:3] == (7, 8, 8), "the first frame, then 6 streamed"
+    assert video[0].mean() > 200, "frame 0 is the given image"
+    record = json.loads((tmp_path / "run" / "latency.json").read_text())
+    assert len(record["ms_per_frame"]) == 6 and record["p99_ms"] >= record["p50_ms"] > 0
+    # the same stream from the loaded EMA generator with the same noise
+    streamer = load_streamer(str(ckpt), cfg)
+    torch.testing.assert_close(
+        dict(streamer.generator.state_dict()), dict(module.ema.state_dict()), atol=0, rtol=0
+    )
+
+
+def test_stream_py_starts_from_the_runs_data_by_default(tmp_path):
+    ckpt = tmp_path / "aapt" / "last.ckpt"
+    save_standin(ckpt)
+    cfg = compose_train(tmp_path, [f"ckpt_path={ckpt}", "num_frames=2"], config_name="stream")
+    assert stream(cfg)["class_switches"] == [], "unconditional"
+    from datamodules import SyntheticVideos
+
+    clips = SyntheticVideos(split="train", num_frames=4, resolution=8, num_videos=8, seed=0)
+    first = torch.from_numpy(read_mp4(tmp_path / "run" / "stream.mp4")[0]).permute(2, 0, 1).float()
+    errors = [(first - (clips[i]["video"][0] * 0.5 + 0.5) * 255).abs().mean() for i in range(4)]
+    assert errors[0] < min(errors[1:]), f"frame 0 is clip 0's first frame (up to mp4 compression): {errors}"
+
+
+def test_a_module_without_a_generator_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("utils.run.load_module", lambda path, cfg: torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="holds a Linear, which has no generator, objective, autoencoder"):
+        load_streamer("x.ckpt", None)
+
+
+#################################################################################
+#                              The latency bench                                #
+#################################################################################
+
+
+def test_the_latency_bench_runs_tiny_on_cpu(tmp_path):
+    from bench.stream_latency import main
+
+    record = main(["--tiny", "--device", "cpu", "--modes", "eager", "--json", str(tmp_path / "b.json")])
+    (row,) = record["rows"]
+    assert row["model"] == "Latte-tiny/2" and row["fps_no_decode"] > 0 and row["fps_decode_overlap"] > 0
+    assert row["full_p50_ms@9"] >= row["step_p50_ms@9"] * 0.5 and "p99_drift" in row
+    assert json.loads((tmp_path / "b.json").read_text())["torch"] == torch.__version__
+
+
+#################################################################################
+#                    GPU: compiled / graphed steps match eager                  #
+#################################################################################
+
+
+def streamed(step: StreamStep, first: torch.Tensor, noise: torch.Tensor, switch: int) -> torch.Tensor:
+    """Frames (b, f, c, h, w) of a stream from ``first``, class 1 then class 3 from frame ``switch`` on."""
+    step.start(first, y=1)
+    out = [
+        step.step(noise[:, k : k + 1], y=3 if k == switch else None).clone() for k in range(noise.shape[1])
+    ]
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize(
+    ("compile_mode", "graph", "dtype"),
+    [
+        (None, True, torch.float32),
+        ("default", True, torch.float32),
+        ("reduce-overhead", False, torch.float32),
+        (None, True, torch.bfloat16),
+        ("default", True, torch.bfloat16),
+    ],
+)
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_compiled_and_graphed_steps_match_the_eager_step(compile_mode, graph, dtype):
+    module = tiny_standin(num_classes=4).cuda()
+    generator = module.ema.to(dtype)
+    first, noise = frames(1).cuda().to(dtype).expand(2, -1, -1, -1, -1), frames(40, seed=1).cuda().to(dtype)
+    noise = noise.expand(2, -1, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        eager = streamed(StreamStep(generator, module.objective, 2, (3, 8, 8)), first, noise, 20)
+        fast = StreamStep(generator, module.objective, 2, (3, 8, 8), compile=compile_mode, cuda_graph=graph)
+        out = streamed(fast, first, noise, 20)
+        again = streamed(fast, first, noise, 20)  # a second stream on the captured buffers
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), eager.float(), atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(again, out, atol=0, rtol=0)
+    assert fast.frames == 40 and eager[:, -1].float().abs().mean() > 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_graphed_sd_vae_decoder_matches_eager(tmp_path):
+    from backbones import DiffusersAutoencoderKL
+    from tests.helpers.vae import tiny_vae
+
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    vae = DiffusersAutoencoderKL(path=str(tmp_path / "vae"), latent_channels=4, downsample=2).cuda()
+    latent = torch.randn(1, 1, 4, 8, 8, device="cuda")
+    eager = FrameDecoder(vae, latent)(latent).clone()  # (1, 16, 16, 3)
+    for compile_mode in (None, "default"):
+        graphed = FrameDecoder(vae, latent, torch.float16, True, compile_mode, cuda_graph=True)
+        assert (graphed(latent).int() - eager.int()).abs().max() <= 2, "fp16 channels-last, graphed"
