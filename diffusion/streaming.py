@@ -183,3 +183,35 @@ class FrameDecoder:
         self.latent.copy_(latent)
         self.call()
         return self.pixels
+
+
+@torch.no_grad()
+def stream_videos(
+    model: nn.Module,
+    objective: Objective,
+    autoencoder: nn.Module,
+    first: torch.Tensor,
+    num_frames: int,
+    head: int,
+    tail: int,
+    generator: torch.Generator | None = None,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The first ``head`` and the last ``tail`` of ``num_frames`` streamed frames, as pixels in [-1, 1].
+
+    ``first`` (b, 1, 3, H, W): the pixel frames the streams start from (not part of the output). Only the
+    kept frames are decoded; all of them when head + tail >= num_frames. Returns (b, min(num_frames,
+    head + tail), 3, H, W): what a `MetricSuite` with first-``head`` and last-``tail`` views reads.
+    """
+    assert first.ndim == 5 and first.shape[1] == 1, f"first must be (b, 1, 3, H, W), got {tuple(first.shape)}"
+    dtype = next(model.parameters()).dtype
+    latent = autoencoder.encode(first).to(dtype)  # (b, 1, c, h, w)
+    step = StreamStep(model, objective, first.shape[0], tuple(latent.shape[2:]))
+    step.start(latent, y)
+    kept = []  # (b, 1, c, h, w) latents of the frames kept
+    for k in range(num_frames):
+        noise = torch.randn(latent.shape, generator=generator, device=latent.device, dtype=dtype)
+        frame = step.step(noise)  # (b, 1, c, h, w)
+        if k < head or k >= num_frames - tail:
+            kept.append(frame.clone())
+    return autoencoder.decode(torch.cat(kept, dim=1).float()).clamp(-1, 1)  # (b, kept, 3, H, W)

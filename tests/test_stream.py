@@ -216,3 +216,50 @@ def test_gpu_graphed_sd_vae_decoder_matches_eager(tmp_path):
     for compile_mode in (None, "default"):
         graphed = FrameDecoder(vae, latent, torch.float16, True, compile_mode, cuda_graph=True)
         assert (graphed(latent).int() - eager.int()).abs().max() <= 2, "fp16 channels-last, graphed"
+
+
+#################################################################################
+#                       The README's streaming recipe                           #
+#################################################################################
+
+
+@pytest.mark.slow
+def test_readme_streaming_commands_run_as_written(tmp_path):
+    """The README block, on a stand-in AAPT run where the block looks; only lengths and sizes shrink."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from metrics.standins import TinyVideoDetector, save_scripted
+    from tests.conftest import ROOT
+    from tests.test_readme import _readme_block
+
+    block = _readme_block("python stream.py ckpt_path=$run/")
+    assert block[0].startswith("run=$(ls -d logs/aapt_synthetic_gan/runs/")
+    save_standin(tmp_path / "logs" / "aapt_synthetic_gan" / "runs" / "x" / "checkpoints" / "last.ckpt")
+    save_scripted(TinyVideoDetector(), tmp_path / "weights" / "i3d_torchscript.pt")
+    shrink = {
+        "num_frames=1440": "num_frames=6",
+        "stream_frames=1440": "stream_frames=130",
+        "num_videos=256": "num_videos=2",
+    }
+    evaluation = ["data.resolution=8", "data.dataset.num_videos=8", "data.num_workers=0", "real.num_videos=4"]
+    evaluation += ["real.batch_size=2", "real.num_workers=0", "batch_size=2", "progress=false"]
+    lines = []
+    for line in block:
+        for long, short in shrink.items():
+            line = line.replace(long, short)
+        if line.startswith("python evaluate.py"):
+            line += " " + " ".join([*evaluation, f"paths.weights_dir={tmp_path / 'weights'}"])
+        lines.append(re.sub(r"^python (\S+\.py)", rf"{sys.executable} {ROOT}/\1", line))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", "-c", "set -e\n" + "\n".join(lines)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    streams = sorted((tmp_path / "logs" / "stream" / "runs").glob("*/stream.mp4"))
+    assert len(streams) == 2 and all(len(read_mp4(path)) == 7 for path in streams)
+    (record,) = (tmp_path / "logs" / "evaluate" / "runs").glob("*/metrics.json")
+    assert set(json.loads(record.read_text())["values"]) == {"fvd_first16", "fvd_last16", "fvd128"}
+    assert "| Latte-tiny/2 | eager |" in result.stdout

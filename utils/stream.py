@@ -16,7 +16,7 @@ import queue
 import statistics
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -28,9 +28,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
 from diffusion.objective import Objective
-from diffusion.streaming import FrameDecoder, StreamStep
+from diffusion.streaming import FrameDecoder, StreamStep, stream_videos
 from utils.files import load_file
 from utils.video import Mp4Writer
 
@@ -92,15 +93,45 @@ def frame_from_file(path: str | Path, resolution: int) -> torch.Tensor:
     return F.interpolate(square, size=(resolution, resolution), mode="bilinear", antialias=True)[0]
 
 
-def frame_from_data(run_config: DictConfig, clip: int) -> tuple[torch.Tensor, int | None]:
-    """The first frame (3, r, r) in [-1, 1] of clip ``clip`` of the run's train data, and the clip's label."""
-    datamodule = instantiate(run_config.data)
-    dataset = datamodule.build("train")
-    item = dataset[clip % len(dataset)]
-    video = item["video"]  # (f, 3, r, r)
+def train_clips(run_config: DictConfig) -> Dataset:
+    """The train split of the run's data (the checkpoint's ``data`` config)."""
+    return instantiate(run_config.data).build("train")
+
+
+def first_frame(item: dict) -> tuple[torch.Tensor, int | None]:
+    """The first frame (3, r, r) in [-1, 1] of a data item {"video": (f, 3, r, r), ...} and its label."""
+    video = item["video"]  # (f, 3, r, r) float in [-1, 1] or uint8
     frame = video[0].float() / 127.5 - 1 if video.dtype == torch.uint8 else video[0].float()  # (3, r, r)
     label = item.get("label")
     return frame, None if label is None else int(label)
+
+
+def stream_sampler(
+    generator: nn.Module,
+    objective: Objective,
+    autoencoder: nn.Module,
+    clips: Dataset,
+    num_frames: int,
+    head: int,
+    tail: int,
+) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """sample(n, rng) -> the first ``head`` and last ``tail`` frames (n, k, 3, H, W) of n streams of
+    ``num_frames`` frames, each from the first frame of a clip drawn by ``rng`` (its class, if conditional).
+
+    What `update_with_samples` takes, for evaluate.py and the metrics callback (``stream_frames``).
+    """
+
+    def sample(n: int, rng: torch.Generator) -> torch.Tensor:
+        indices = torch.randint(len(clips), (n,), generator=rng, device=rng.device).tolist()
+        frames, labels = zip(*(first_frame(clips[i]) for i in indices))
+        device = next(generator.parameters()).device
+        first = torch.stack(frames).to(device)[:, None]  # (n, 1, 3, H, W)
+        y = torch.tensor(labels, device=device) if generator.num_classes and None not in labels else None
+        if generator.num_classes and y is None:
+            y = torch.randint(generator.num_classes, (n,), generator=rng, device=rng.device).to(device)
+        return stream_videos(generator, objective, autoencoder, first, num_frames, head, tail, rng, y)
+
+    return sample
 
 
 #################################################################################
@@ -184,7 +215,8 @@ def stream(cfg: DictConfig, stdin: TextIO | None = None) -> dict:
     if cfg.first_frame is not None:
         frame, label = frame_from_file(cfg.first_frame, size), None
     else:
-        frame, label = frame_from_data(streamer.run_config, cfg.first_clip)
+        clips = train_clips(streamer.run_config)
+        frame, label = first_frame(clips[cfg.first_clip % len(clips)])
     video = frame.to(device)[None, None].expand(cfg.batch_size, 1, -1, -1, -1)  # (b, 1, 3, r, r)
     first = autoencoder.encode(video).to(dtype)  # (b, 1, c, h, w)
     step = StreamStep(
@@ -198,6 +230,8 @@ def stream(cfg: DictConfig, stdin: TextIO | None = None) -> dict:
         cfg.decoder.compile,
         cfg.decoder.cuda_graph,
     )
+    if cfg.labels and not generator.num_classes:
+        raise ValueError(f"labels={dict(cfg.labels)}, but the generator is unconditional (num_classes=0)")
     labels = LabelControl(cfg.labels, class_names(streamer.run_config), generator.num_classes)
     if generator.num_classes and cfg.stdin and stdin is not None:
         labels.listen(stdin)
