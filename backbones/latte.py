@@ -638,7 +638,9 @@ class Latte(nn.Module):
     already, appends their temporal keys/values (keys rotated at their absolute frame index), drops the
     frames the window no longer shows (keeping the sink frames) and returns the new frames' outputs. The
     parallel forward over f frames gives the same outputs (to float round-off). Past num_frames frames, a
-    stream needs temporal_pos="rope".
+    stream needs temporal_pos="rope". `new_cache(b, static=True)` is the same stream in a fixed-size ring
+    buffer (one frame per call, no host sync), whose step can be compiled and CUDA-graphed
+    (`diffusion.streaming`).
 
     Timesteps `t` are (b,), one per clip, or (b, f), one per frame of x (uniform patches only).
     `features(..., layers=[i, j])` returns the patch tokens after blocks i, j; forward = features + `head`.
