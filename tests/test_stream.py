@@ -66,6 +66,25 @@ def test_the_frame_decoder_maps_a_latent_frame_to_uint8_pixels():
     assert pixels[0, 0, 0].tolist() == [0, 128, 255]
 
 
+def test_the_step_compiles_to_one_graph_that_streams_what_eager_streams(monkeypatch):
+    compile_ = torch.compile  # aot_eager: dynamo's tracing and functionalisation, without a C++ compiler
+    monkeypatch.setattr(torch, "compile", lambda fn, mode: compile_(fn, backend="aot_eager", fullgraph=True))
+    torch._dynamo.reset()
+    module = tiny_standin(num_classes=4)
+    first, noise = frames(1), frames(8, seed=1)
+
+    def run(step: StreamStep) -> torch.Tensor:
+        step.start(first, y=1)
+        return torch.cat(
+            [step.step(noise[:, k : k + 1], y=3 if k == 5 else None).clone() for k in range(8)], 1
+        )
+
+    eager = run(StreamStep(module.ema, module.objective, 1, (3, 8, 8)))
+    compiled = StreamStep(module.ema, module.objective, 1, (3, 8, 8), compile="default")
+    torch.testing.assert_close(run(compiled), eager, atol=1e-6, rtol=1e-6)  # fullgraph: no graph break
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "no recompilation per frame or class"
+
+
 def test_compile_and_graph_options_are_checked():
     module = tiny_standin()
     with pytest.raises(ValueError, match="compile='fast' must be one of"):
@@ -263,3 +282,13 @@ def test_readme_streaming_commands_run_as_written(tmp_path):
     (record,) = (tmp_path / "logs" / "evaluate" / "runs").glob("*/metrics.json")
     assert set(json.loads(record.read_text())["values"]) == {"fvd_first16", "fvd_last16", "fvd128"}
     assert "| Latte-tiny/2 | eager |" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_latency_bench_runs_tiny_in_every_mode(tmp_path):
+    from bench.stream_latency import main
+
+    record = main(["--tiny", "--device", "cuda", "--json", str(tmp_path / "b.json")])
+    assert [row["mode"] for row in record["rows"]] == ["eager", "graph", "compile-graph"]
+    assert all(row["fps_decode_overlap"] > 0 and row["peak_gib"] > 0 for row in record["rows"])
