@@ -243,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     if args.tiny:
+        torch.set_num_threads(1)  # a few tokens per call: more threads only contend on a shared CPU
         args.sizes, args.frames, args.at, args.half_window = "tiny", 12, "3,9", 2
         args.window, args.input_size, args.downsample = 4, 8, 2
         args.dtype, args.vae_dtype = "float32", "float32"
