@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones import DiffusersAutoencoderKL, Latte  # noqa: E402
 from diffusion import FlowMatching  # noqa: E402
-from diffusion.streaming import FrameDecoder, StreamStep  # noqa: E402
+from diffusion.streaming import DecodeAhead, FrameDecoder, StreamStep  # noqa: E402
 
 MODES = {  # mode -> (compile mode of the step and the decoder, CUDA graphs)
     "eager": (None, False),
@@ -138,30 +138,16 @@ def free_stream(step: StreamStep, args, device) -> float:
 
 
 def overlapped_stream(step: StreamStep, decoder: FrameDecoder, args, device) -> float:
-    """Frames/s with decoding on a second CUDA stream, overlapping the next step; the host takes frame k-1."""
-    if device.type != "cuda":  # one CPU stream: the serial loop
-        return args.frames / sum(synced_stream(step, decoder, args, device))
+    """Frames/s with decoding on a second CUDA stream overlapping the next step (``DecodeAhead``, as in
+    stream.py); the host takes each frame one step late. On a CPU: decoded at once."""
     step.start(step.previous.clone())
     noise = torch.randn((args.frames, *step.noise.shape), device=device, dtype=args.dtype)
-    side = torch.cuda.Stream(device)
-    host = [torch.empty(decoder.pixels.shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    made, copied, decoded = torch.cuda.Event(), torch.cuda.Event(), [torch.cuda.Event() for _ in range(2)]
+    ahead = DecodeAhead(decoder)
     sync(device)
     tick = time.perf_counter()
     for k in range(args.frames):
-        torch.cuda.current_stream().wait_event(copied)  # decode k-1 has read the previous frame
-        latent = step.step(noise[k])  # (1, 1, c, h, w)
-        made.record()
-        with torch.cuda.stream(side):
-            side.wait_event(made)
-            decoder.latent.copy_(latent)
-            copied.record(side)
-            decoder.call()
-            host[k % 2].copy_(decoder.pixels, non_blocking=True)
-            decoded[k % 2].record(side)
-        if k:
-            decoded[(k - 1) % 2].synchronize()  # frame k-1 is on the host (an mp4 writer would take it here)
-    decoded[(args.frames - 1) % 2].synchronize()
+        ahead.push(step.step(noise[k]))  # frame k-1 is on the host (an mp4 writer would take it here)
+    ahead.finish()
     return args.frames / (time.perf_counter() - tick)
 
 

@@ -215,3 +215,50 @@ def stream_videos(
         if k < head or k >= num_frames - tail:
             kept.append(frame.clone())
     return autoencoder.decode(torch.cat(kept, dim=1).float()).clamp(-1, 1)  # (b, kept, 3, H, W)
+
+
+class DecodeAhead:
+    """Decode each frame on a second CUDA stream while the next step runs; the host gets it one step late.
+
+    ``push(latent)`` queues the decode of one latent frame (b, 1, c, h, w) and returns the frames that are
+    ready, uint8 (b, H, W, 3) on the host: on CUDA the previous frame (none at the first push), elsewhere this
+    one (decoded at once). ``finish()`` returns the rest. A returned buffer is reused two pushes later.
+    """
+
+    def __init__(self, decoder: FrameDecoder):
+        self.decoder, self.pushed = decoder, 0
+        self.cuda = decoder.latent.is_cuda
+        if self.cuda:
+            self.side = torch.cuda.Stream(decoder.latent.device)
+            shape = decoder.pixels.shape  # (b, H, W, 3)
+            self.host = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+            self.made, self.copied = torch.cuda.Event(), torch.cuda.Event()
+            self.decoded = [torch.cuda.Event(), torch.cuda.Event()]
+
+    def push(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """Queue the decode of ``latent`` (b, 1, c, h, w); the frames now on the host, (b, H, W, 3) each."""
+        if not self.cuda:
+            return [self.decoder(latent).cpu()]
+        slot = self.pushed % 2
+        self.made.record()
+        with torch.cuda.stream(self.side):
+            self.side.wait_event(self.made)  # the step has made the frame
+            self.decoder.latent.copy_(latent)
+            self.copied.record(self.side)
+            self.decoder.call()
+            self.host[slot].copy_(self.decoder.pixels, non_blocking=True)
+            self.decoded[slot].record(self.side)
+        torch.cuda.current_stream().wait_event(
+            self.copied
+        )  # the next step overwrites `latent` after the copy
+        self.pushed += 1
+        return [] if self.pushed == 1 else [self._take(self.pushed - 2)]
+
+    def finish(self) -> list[torch.Tensor]:
+        """The frames still on their way to the host."""
+        return [self._take(self.pushed - 1)] if self.cuda and self.pushed else []
+
+    def _take(self, index: int) -> torch.Tensor:
+        """Push number ``index``'s frame, once on the host."""
+        self.decoded[index % 2].synchronize()
+        return self.host[index % 2]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from backbones import IdentityAutoencoder
 from diffusion.autoregressive import next_frame, rollout
-from diffusion.streaming import FrameDecoder, StreamStep
+from diffusion.streaming import DecodeAhead, FrameDecoder, StreamStep
 from tests.conftest import compose_train
 from tests.helpers.aapt_standin import save_standin, tiny_standin
 from utils.stream import LabelControl, load_streamer, stream
@@ -292,3 +292,21 @@ def test_gpu_latency_bench_runs_tiny_in_every_mode(tmp_path):
     record = main(["--tiny", "--device", "cuda", "--json", str(tmp_path / "b.json")])
     assert [row["mode"] for row in record["rows"]] == ["eager", "graph", "compile-graph"]
     assert all(row["fps_decode_overlap"] > 0 and row["peak_gib"] > 0 for row in record["rows"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_decoding_ahead_hands_over_every_frame_in_order():
+    module = tiny_standin().cuda()
+    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8), cuda_graph=True)
+    decoder = FrameDecoder(module.autoencoder, step.previous, cuda_graph=True)
+    first, noise = frames(1).cuda(), frames(30, seed=1).cuda()
+    step.start(first)
+    expected = [decoder(step.step(noise[:, k : k + 1])).cpu() for k in range(30)]  # serial: (1, 8, 8, 3)
+    step.start(first)
+    ahead, handed = DecodeAhead(decoder), []
+    for k in range(30):
+        handed += [pixels.clone() for pixels in ahead.push(step.step(noise[:, k : k + 1]))]
+        assert len(handed) == k, "each frame reaches the host one step late"
+    handed += [pixels.clone() for pixels in ahead.finish()]
+    assert len(handed) == 30 and all(torch.equal(a, b) for a, b in zip(handed, expected))

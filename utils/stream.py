@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from diffusion.objective import Objective
-from diffusion.streaming import FrameDecoder, StreamStep, stream_videos
+from diffusion.streaming import DecodeAhead, FrameDecoder, StreamStep, stream_videos
 from utils.files import load_file
 from utils.video import Mp4Writer
 
@@ -242,6 +242,7 @@ def stream(cfg: DictConfig, stdin: TextIO | None = None) -> dict:
     out = Path(cfg.paths.output_dir)
     latencies, switches = [], [] if y is None else [(0, y)]
     start = time.perf_counter()
+    ahead = DecodeAhead(decoder) if cfg.decoder.overlap else None
     with Mp4Writer(out / "stream.mp4", cfg.fps) as writer:
         writer.append(decoder(first)[0].cpu().numpy())  # frame 0: the given frame
         for k in range(1, cfg.num_frames + 1):
@@ -253,9 +254,11 @@ def stream(cfg: DictConfig, stdin: TextIO | None = None) -> dict:
             noise = torch.randn(
                 first.shape, generator=noise_rng, device=device, dtype=dtype
             )  # (b, 1, c, h, w)
-            pixels = decoder(step.step(noise, y)).cpu().numpy()  # (b, H, W, 3) uint8: waits for the frame
-            latencies.append(time.perf_counter() - tick)
-            writer.append(pixels[0])
+            frame = step.step(noise, y)  # (b, 1, c, h, w)
+            ready = ahead.push(frame) if ahead else [decoder(frame).cpu()]  # [(b, H, W, 3) uint8]: waits
+            latencies.append(time.perf_counter() - tick)  # until the frame (decoding ahead: the one before)
+            for pixels in ready + (ahead.finish() if ahead and k == cfg.num_frames else []):
+                writer.append(pixels[0].numpy())
             if k % cfg.log_every == 0 or k == cfg.num_frames:
                 recent = latencies[-cfg.log_every :]
                 log.info(
