@@ -251,9 +251,8 @@ def stream(cfg: DictConfig, stdin: TextIO | None = None) -> dict:
             if y is not None:
                 switches.append((k, y))
                 log.info(f"frame {k}: class {y}")
-            noise = torch.randn(
-                first.shape, generator=noise_rng, device=device, dtype=dtype
-            )  # (b, 1, c, h, w)
+            shape = first.shape  # (b, 1, c, h, w)
+            noise = torch.randn(shape, generator=noise_rng, device=device, dtype=dtype)  # (b, 1, c, h, w)
             frame = step.step(noise, y)  # (b, 1, c, h, w)
             ready = ahead.push(frame) if ahead else [decoder(frame).cpu()]  # [(b, H, W, 3) uint8]: waits
             latencies.append(time.perf_counter() - tick)  # until the frame (decoding ahead: the one before)
@@ -278,7 +277,7 @@ def latency_summary(latencies: list[float], switches: list[tuple[int, int]], dev
         "frames": len(ms),
         "p50_ms": ms[len(ms) // 2],
         "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
-        "fps": len(ms) / sum(latencies),
+        "fps": len(ms) / sum(latencies),  # generation + decoding (the mp4 encoder aside)
         "class_switches": switches,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
