@@ -39,6 +39,8 @@ class StaticCall:
             raise ValueError(f"compile={compile!r} must be one of {COMPILE_MODES}")
         if cuda_graph and not all(t.is_cuda for t in static):
             raise ValueError("cuda_graph=true needs a CUDA device: the buffers are not on one")
+        if cuda_graph and compile == "reduce-overhead":
+            raise ValueError("compile='reduce-overhead' makes its own CUDA graphs: leave cuda_graph=false")
         if compile == "reduce-overhead":
             for tensor in static:
                 torch._dynamo.mark_static_address(tensor)

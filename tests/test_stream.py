@@ -10,7 +10,7 @@ from PIL import Image
 
 from backbones import IdentityAutoencoder
 from diffusion.autoregressive import next_frame, rollout
-from diffusion.streaming import DecodeAhead, FrameDecoder, StreamStep
+from diffusion.streaming import DecodeAhead, FrameDecoder, StaticCall, StreamStep
 from tests.conftest import compose_train
 from tests.helpers.aapt_standin import save_standin, tiny_standin
 from utils.stream import LabelControl, load_streamer, stream
@@ -91,6 +91,8 @@ def test_compile_and_graph_options_are_checked():
         StreamStep(module.ema, module.objective, 1, (3, 8, 8), compile="fast")
     with pytest.raises(ValueError, match="cuda_graph=true needs a CUDA device"):
         StreamStep(module.ema, module.objective, 1, (3, 8, 8), cuda_graph=True)
+    with pytest.raises(ValueError, match="'reduce-overhead' makes its own CUDA graphs"):
+        StaticCall(lambda: None, "reduce-overhead", cuda_graph=True)
 
 
 #################################################################################
