@@ -142,7 +142,7 @@ class Frames:
 
     video: int  # frames [0, video) are the clip's (latent) frames; the rest are independent images
     c: torch.Tensor | None  # (b, t, d) conditioning vector per frame (s_adaln), else None
-    offset: int = 0  # absolute position of the clip's first frame (= frames already streamed into a cache)
+    offset: int | torch.Tensor = 0  # absolute position of the clip's first frame (frames already streamed)
     mask: torch.Tensor | None = None  # (video, n + video) bool: may clip frame i see key frame j; None: all
 
     def video_only(self) -> "Frames":
@@ -250,14 +250,21 @@ class LatteCache:
     """A stream of frames through a causal Latte: per time-mixing block its K/V, the frames' positions.
 
     Between calls it holds the frames that a later frame can still see: all of them without a window, else
-    at most sink_frames + window - 1. Plain growing tensors; a fixed-size ring buffer (for CUDA graphs) is a
-    later performance issue. Stream under torch.no_grad() unless gradients should flow into cached frames.
+    at most sink_frames + window - 1. Plain growing tensors; `StaticLatteCache` is the fixed-size ring
+    buffer (for torch.compile and CUDA graphs). Stream under torch.no_grad() unless gradients should flow
+    into cached frames.
     """
 
     batch_size: int
     layers: dict[int, TemporalKV]  # block index -> the K/V of its temporal attention
     positions: torch.Tensor  # (n,) absolute positions of the cached frames
     frames: int = 0  # frames streamed so far: the position of the next frame
+
+    def start(self, video: int, visible: Callable, window: int | None, sink_frames: int) -> tuple:
+        """(offset, mask (f, n + f)) of `video` new frames: their position, whom each one sees."""
+        queries = torch.arange(self.frames, self.frames + video, device=self.positions.device)  # (f,)
+        keys = torch.cat([self.positions, queries])  # (n + f,): the cached frames come first
+        return self.frames, visible(queries, keys, window, sink_frames)
 
     def advance(self, new_frames: int, window: int | None, sink_frames: int) -> None:
         """Count the `new_frames` frames every layer appended; drop the frames that no later frame sees."""
@@ -271,6 +278,69 @@ class LatteCache:
         self.positions = self.positions[keep]  # (n',)
         for kv in self.layers.values():
             kv.k, kv.v = kv.k[:, :, keep], kv.v[:, :, keep]  # (b*l, h, n', e)
+
+
+@dataclass
+class StaticKV:
+    """One temporal attention's K/V in fixed-size buffers (b*l, h, slots, e), written in place at `slot`."""
+
+    slot: torch.Tensor  # (1,) long: the slot of the frame being streamed (shared with its cache)
+    slots: int  # sink_frames + window
+    k: torch.Tensor | None = None  # (b*l, h, slots, e), allocated by the first call; RoPE already applied
+    v: torch.Tensor | None = None  # (b*l, h, slots, e)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new frame's k, v (b*l, h, 1, e) into its slot; return every slot's (b*l, h, slots, e)."""
+        if self.k is None:
+            shape = (k.shape[0], k.shape[1], self.slots, k.shape[3])
+            self.k, self.v = k.new_zeros(shape), v.new_zeros(shape)  # (b*l, h, slots, e)
+        self.k.index_copy_(2, self.slot, k)  # (b*l, h, slots, e)
+        self.v.index_copy_(2, self.slot, v)  # (b*l, h, slots, e)
+        return self.k, self.v
+
+
+@dataclass
+class StaticLatteCache:
+    """`LatteCache` as a ring buffer of fixed size: static shapes and no host sync, so a step can be graphed.
+
+    Slots [0, sink_frames) hold the sink frames, the `window` slots after them the latest frames in ring
+    order (frame p >= sink_frames at sink_frames + (p - sink_frames) % window). A new frame is written into
+    its slot before it attends (it overwrites the frame `window` before it, which it no longer sees), and the
+    mask hides empty slots. Keys are rotated at absolute positions, as in LatteCache, so both give the same
+    outputs (to float round-off: the keys are summed in another order). One frame per call.
+    """
+
+    batch_size: int
+    layers: dict[int, StaticKV]  # block index -> the K/V buffers of its temporal attention
+    positions: torch.Tensor  # (sink_frames + window,) long: each slot's frame position, -1 while empty
+    frame: torch.Tensor  # (1,) long: the position of the next frame
+    slot: torch.Tensor  # (1,) long: the slot of the frame being streamed
+    window: int
+    sink_frames: int
+
+    def start(self, video: int, visible: Callable, window: int | None, sink_frames: int) -> tuple:
+        """(offset (1,), mask (1, slots)) of the next frame, after claiming its slot."""
+        require(video == 1, f"a StaticLatteCache streams one frame per call, got {video}")
+        ring = self.sink_frames + (self.frame - self.sink_frames) % self.window  # (1,)
+        self.slot.copy_(torch.where(self.frame < self.sink_frames, self.frame, ring))  # (1,)
+        self.positions.index_copy_(0, self.slot, self.frame)  # (slots,)
+        filled = (self.positions >= 0)[None]  # (1, slots)
+        return self.frame, visible(self.frame, self.positions, window, sink_frames) & filled  # (1, slots)
+
+    def advance(self, new_frames: int, window: int | None, sink_frames: int) -> None:
+        """Count the new frame (in place, so a captured graph advances the stream at each replay)."""
+        self.frame.add_(new_frames)
+
+    def reset(self) -> None:
+        """Empty the stream in place, keeping every buffer (and so a captured graph's addresses)."""
+        self.positions.fill_(-1)
+        self.frame.zero_()
+        self.slot.zero_()
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor the stream mutates (for torch._dynamo.mark_static_address)."""
+        kv = [t for layer in self.layers.values() for t in (layer.k, layer.v) if t is not None]
+        return [self.positions, self.frame, self.slot, *kv]
 
 
 #################################################################################
@@ -305,11 +375,13 @@ class Attention(nn.Module):
         """Fused q, k, v of tokens (b, t, l, d) split into heads: (3, b, h, t, l, e)."""
         return rearrange(self.qkv(x), "b t l (three h e) -> three b h t l e", three=3, h=self.num_heads)
 
-    def rotate(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
         """RoPE of the frame positions offset.. along dim 2 of queries or keys (n, h, f, e); else identity."""
         return x if self.rope is None else self.rope(x, offset)  # (n, h, f, e)
 
-    def attend_across_frames(self, qkv: torch.Tensor, frames: Frames, kv: TemporalKV | None) -> torch.Tensor:
+    def attend_across_frames(
+        self, qkv: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None
+    ) -> torch.Tensor:
         """The clip's frames attend to the frames they see: qkv (3, b, h, f, l, e) -> (b, h, f, l, e).
 
         With a cache `kv`, the cached frames' keys and values come first, and the new frames' join them.
@@ -326,7 +398,9 @@ class Attention(nn.Module):
 class SpatialAttention(Attention):
     """Attention among the l tokens of each frame, clip frames and images alike."""
 
-    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None = None
+    ) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
         x = attend_within_frames(self.heads(x))  # (b, h, t, l, e)
         return self.proj(rearrange(x, "b h t l e -> b t l (h e)"))  # (b, t, l, d)
@@ -337,7 +411,9 @@ class TemporalAttention(Attention):
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None = None
+    ) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d): across the first `video` frames, zero for images."""
         images = x[:, frames.video :]  # (b, n, l, d)
         x = self.attend_across_frames(self.heads(x[:, : frames.video]), frames, kv)  # (b, h, f, l, e)
@@ -357,7 +433,9 @@ class FactorisedHeadsAttention(Attention):
 
     over_time = True
 
-    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None = None
+    ) -> torch.Tensor:
         """Update (b, t, l, d) of tokens x (b, t, l, d)."""
         half, video = self.num_heads // 2, frames.video
         qkv = self.heads(x)  # (3, b, h, t, l, e)
@@ -402,7 +480,9 @@ class LatteBlock(nn.Module):
         """Whether the block attends across frames."""
         return any(attention.over_time for attention in cls.attentions.values())
 
-    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None = None
+    ) -> torch.Tensor:
         """Update tokens x (b, t, l, d) of the frames that `frames` describes (cache `kv`, if streaming)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = adaln_chunks(
             self.adaLN_modulation, frames.c, 6
@@ -425,7 +505,9 @@ class TemporalBlock(LatteBlock):
 
     attentions = {"attn": TemporalAttention}
 
-    def forward(self, x: torch.Tensor, frames: Frames, kv: TemporalKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, frames: Frames, kv: TemporalKV | StaticKV | None = None
+    ) -> torch.Tensor:
         """Update the clip's tokens x[:, :video] (b, t, l, d); the images' tokens pass unchanged."""
         clip = super().forward(x[:, : frames.video], frames.video_only(), kv)  # (b, f, l, d)
         if frames.video == x.shape[1]:
@@ -556,7 +638,9 @@ class Latte(nn.Module):
     already, appends their temporal keys/values (keys rotated at their absolute frame index), drops the
     frames the window no longer shows (keeping the sink frames) and returns the new frames' outputs. The
     parallel forward over f frames gives the same outputs (to float round-off). Past num_frames frames, a
-    stream needs temporal_pos="rope".
+    stream needs temporal_pos="rope". `new_cache(b, static=True)` is the same stream in a fixed-size ring
+    buffer (one frame per call, no host sync), whose step can be compiled and CUDA-graphed
+    (`diffusion.streaming`).
 
     Timesteps `t` are (b,), one per clip, or (b, f), one per frame of x (uniform patches only).
     `features(..., layers=[i, j])` returns the patch tokens after blocks i, j; forward = features + `head`.
@@ -737,16 +821,32 @@ class Latte(nn.Module):
         nn.init.zeros_(output_layer.weight)
         nn.init.zeros_(output_layer.bias)
 
-    def new_cache(self, batch_size: int) -> LatteCache:
-        """An empty stream of `batch_size` videos: `model(x, t, y, cache=cache)` appends frames to it."""
+    def new_cache(self, batch_size: int, static: bool = False) -> LatteCache | StaticLatteCache:
+        """An empty stream of `batch_size` videos: `model(x, t, y, cache=cache)` appends frames to it.
+
+        static=True: the fixed-size ring buffer (`StaticLatteCache`: one frame per call, needs a window and
+        temporal_pos='rope'), whose step can be torch.compile'd and CUDA-graphed.
+        """
         require(
             self.temporal_mask == "causal",
             f"new_cache needs temporal_mask='causal', got {self.temporal_mask!r}: a bidirectional model's "
             "frames see the frames after them, so they cannot be computed one call at a time",
         )
-        layers = {i: TemporalKV() for i, block in enumerate(self.blocks) if block.mixes_time()}
-        positions = torch.zeros(0, dtype=torch.long, device=self.pos_embed.device)  # (0,)
-        return LatteCache(batch_size, layers, positions)
+        device = self.pos_embed.device
+        mixing = [i for i, block in enumerate(self.blocks) if block.mixes_time()]
+        if not static:
+            positions = torch.zeros(0, dtype=torch.long, device=device)  # (0,)
+            return LatteCache(batch_size, {i: TemporalKV() for i in mixing}, positions)
+        require(
+            self.window is not None and self.temporal_pos == "rope",
+            f"a static cache has sink_frames + window slots, so it needs a window and temporal_pos='rope' "
+            f"(got window={self.window}, temporal_pos={self.temporal_pos!r})",
+        )
+        slots, slot = self.sink_frames + self.window, torch.zeros(1, dtype=torch.long, device=device)
+        positions = torch.full((slots,), -1, dtype=torch.long, device=device)  # (slots,) all empty
+        frame = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
+        layers = {i: StaticKV(slot, slots) for i in mixing}
+        return StaticLatteCache(batch_size, layers, positions, frame, slot, self.window, self.sink_frames)
 
     #############################################################################
     #                            Inputs and Embeddings                          #
@@ -758,7 +858,7 @@ class Latte(nn.Module):
         t: torch.Tensor,
         y: torch.Tensor | None,
         num_images: int,
-        cache: LatteCache | None,
+        cache: LatteCache | StaticLatteCache | None,
     ) -> None:
         """Assert the layout of a forward call's inputs; raise a ValueError for an unsupported combination."""
         assert x.ndim == 5, f"Latte expects latents shaped (b, f, c, h, w), got {tuple(x.shape)}"
@@ -803,11 +903,12 @@ class Latte(nn.Module):
         if cache is not None:
             require(cache.batch_size == b, f"the cache streams {cache.batch_size} videos, but x holds {b}")
             require(num_images == 0, f"num_images={num_images}: a streamed call carries clip frames only")
-            require(
-                self.temporal_pos == "rope" or cache.frames + clip <= self.num_frames,
-                f"the stream reaches frame {cache.frames + clip}, but temporal_pos='absolute' embeds "
-                f"num_frames={self.num_frames} frames: stream with temporal_pos='rope'",
-            )
+            if self.temporal_pos == "absolute":  # a static cache needs rope
+                require(
+                    cache.frames + clip <= self.num_frames,
+                    f"the stream reaches frame {cache.frames + clip}, but temporal_pos='absolute' embeds "
+                    f"num_frames={self.num_frames} frames: stream with temporal_pos='rope'",
+                )
 
     def embed_timesteps(self, t: torch.Tensor, frames: int) -> torch.Tensor:
         """Timestep embedding per latent frame (b, t, d) of t (b,), one per clip, or (b, t), one per frame."""
@@ -837,13 +938,13 @@ class Latte(nn.Module):
         return torch.cat([clip, own], dim=1)  # (b, t, d)
 
     def describe_frames(
-        self, video: int, c: torch.Tensor | None, cache: LatteCache | None, device: torch.device
+        self, video: int, c: torch.Tensor | None, cache: LatteCache | StaticLatteCache | None, device
     ) -> Frames:
         """The Frames of a call: the clip's positions after those cached, and whom each frame sees."""
-        offset = 0 if cache is None else cache.frames
-        queries = torch.arange(offset, offset + video, device=device)  # (f,) absolute positions
-        keys = queries if cache is None else torch.cat([cache.positions.to(device), queries])  # (n + f,)
-        return Frames(video, c, offset, self.visible(queries, keys, self.window, self.sink_frames))
+        if cache is not None:
+            return Frames(video, c, *cache.start(video, self.visible, self.window, self.sink_frames))
+        queries = torch.arange(video, device=device)  # (f,) absolute positions
+        return Frames(video, c, 0, self.visible(queries, queries, self.window, self.sink_frames))
 
     #############################################################################
     #                         Trunk (features) and Head                         #
@@ -866,7 +967,7 @@ class Latte(nn.Module):
         y_image: torch.Tensor | None = None,
         *,
         num_images: int = 0,
-        cache: LatteCache | None = None,
+        cache: LatteCache | StaticLatteCache | None = None,
         layers: Sequence[int] | None = None,
     ) -> Features:
         """Patch tokens (b, t, l, d) after each block in `layers` (default: the last; negative from the end).
@@ -918,7 +1019,7 @@ class Latte(nn.Module):
         y_image: torch.Tensor | None = None,
         *,
         num_images: int = 0,
-        cache: LatteCache | None = None,
+        cache: LatteCache | StaticLatteCache | None = None,
     ) -> torch.Tensor:
         """Predict (b, f, c_out, h, w) from latents x (b, f, c, h, w), timesteps t (b,) or (b, f), y (b,).
 

@@ -44,11 +44,15 @@ class RotaryEmbedding(nn.Module):
         assert head_dim % 2 == 0, f"RoPE rotates channel pairs, so head_dim={head_dim} must be even"
         self.head_dim, self.base = head_dim, base
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate queries or keys (n, h, L, e) by their positions offset..offset+L-1 along dim 2."""
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate queries or keys (n, h, L, e) by their positions offset..offset+L-1 along dim 2.
+
+        `offset` is an int, or a (1,) long tensor on x's device (a static KV cache's frame counter, which a
+        CUDA graph reads at replay time).
+        """
         half = self.head_dim // 2
         inv_freq = self.base ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)  # (e/2,)
-        positions = torch.arange(offset, offset + x.shape[2], dtype=torch.float32, device=x.device)  # (L,)
+        positions = (torch.arange(x.shape[2], device=x.device) + offset).to(torch.float32)  # (L,)
         angles = positions[:, None] * inv_freq[None]  # (L, e/2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, e/2)
         x1, x2 = x[..., :half], x[..., half:]  # (n, h, L, e/2)

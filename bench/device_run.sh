@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -48,4 +48,20 @@ fi
 if [[ $what == *fvd* ]]; then
 echo "== FVD feature extraction (2048 videos x 16 frames at 256^2, random-weight I3D)"
 python3 bench/fvd_speed.py --json "$OUT"/fvd_speed.json 2>&1 | grep -vE "Warning|warn"
+fi
+
+# streaming (issue #12): three sections, each well inside one 10-minute device command
+if [[ $what == *stream-tests* ]]; then
+echo "== streaming GPU tests: compiled / CUDA-graphed step and decoder against eager"
+python3 -m pytest -q -m gpu tests/test_stream.py -p no:cacheprovider 2>&1 | tail -5
+fi
+
+if [[ $what == *stream-eager* ]]; then
+echo "== 1,440-frame stream latency, Latte-B/2 and XL/2, eager and CUDA graphs"
+python3 bench/stream_latency.py --modes eager,graph --json "$OUT"/stream_latency_eager_graph.json 2>&1 | grep -vE "Warning|warn"
+fi
+
+if [[ $what == *stream-compiled* ]]; then
+echo "== 1,440-frame stream latency, Latte-B/2 and XL/2, torch.compile + CUDA graphs"
+python3 bench/stream_latency.py --modes compile-graph --json "$OUT"/stream_latency_compiled.json 2>&1 | grep -vE "Warning|warn"
 fi

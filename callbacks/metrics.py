@@ -10,6 +10,7 @@ counts and the sha256 of every detector file; the same facts go to the loggers' 
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ class GenerationMetrics(Callback):
         prefix: str = "val",
         dirpath: str | None = None,
         progress: bool = True,
+        stream_frames: int | None = None,
     ):
         """
         suite: the metrics (conf/metrics); real: the real clips their references come from (cached).
@@ -44,6 +46,10 @@ class GenerationMetrics(Callback):
         num_videos: videos generated per evaluation, over all ranks (the paper protocol: 2048).
         sampler: None = the module's own; e.g. a 50-step DDIM for cheaper periodic numbers.
         seed: the same seed each time, so successive evaluations see the same initial noise.
+        stream_frames: a causal one-step generator (AAPT: ``generator``/``ema``, ``objective``,
+            ``autoencoder``) streams this many frames per video from first frames of the training data, and
+            the suite reads its views of them (e.g. FVD of the first and last 16: the drift); ``sampler``
+            is then unused.
         """
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or null, got {every_n_steps}")
@@ -60,12 +66,18 @@ class GenerationMetrics(Callback):
         self.prefix = prefix
         self.dirpath = Path(dirpath) if dirpath else None
         self.progress = progress
+        if stream_frames is not None and stream_frames < suite.num_frames:
+            raise ValueError(
+                f"stream_frames={stream_frames} is shorter than the metrics' {suite.num_frames} frames"
+            )
+        self.stream_frames = stream_frames
         self.references: dict[str, str | None] = {}
         self.history: list[dict] = []
         self._last_step = -1
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        (self.sampler or pl_module.sampler).check(pl_module.diffusion)  # now, not at the first evaluation
+        if self.stream_frames is None:
+            (self.sampler or pl_module.sampler).check(pl_module.diffusion)  # now, not at the first evaluation
         self.suite.to(pl_module.device)
         self.references = self.suite.prepare_reference(self.real, progress=self.progress)
         for logger in trainer.loggers:  # loggers are rank-zero only
@@ -83,8 +95,21 @@ class GenerationMetrics(Callback):
             self.evaluate(trainer, pl_module)
 
     def sampler_name(self, pl_module: LightningModule) -> str:
-        """The name of the sampler the videos come from, e.g. "ddpm250" or "ddim50-eta0.0"."""
+        """The name of the sampler the videos come from, e.g. "ddpm250", "ddim50-eta0.0" or "stream1440"."""
+        if self.stream_frames is not None:
+            return f"stream{self.stream_frames}"
         return (self.sampler or pl_module.sampler).name
+
+    def sample_fn(self, trainer: Trainer, pl_module: LightningModule) -> Callable:
+        """sample(n, generator) -> videos: the module's sampler, or streams of its generator's EMA."""
+        if self.stream_frames is None:
+            return lambda n, generator: pl_module.sample(n, generator=generator, sampler=self.sampler)
+        from utils.stream import stream_sampler
+
+        model = pl_module.ema if getattr(pl_module, "ema", None) is not None else pl_module.generator
+        clips = trainer.datamodule.build("train")
+        suite, parts = self.suite, (pl_module.objective, pl_module.autoencoder)
+        return stream_sampler(model, *parts, clips, self.stream_frames, suite.head, suite.tail)
 
     def provenance(self, pl_module: LightningModule) -> dict:
         """How the numbers are made: sampler, counts, detector files and sha256, reference cache files."""
@@ -92,6 +117,7 @@ class GenerationMetrics(Callback):
             "sampler": self.sampler_name(pl_module),
             "num_videos": self.num_videos,
             "num_frames": self.suite.num_frames,
+            "views": self.suite.views(),
             "detectors": self.suite.describe(),
             "references": self.references,
         }
@@ -102,7 +128,7 @@ class GenerationMetrics(Callback):
         self.suite.reset()
         update_with_samples(
             self.suite,
-            lambda n, generator: pl_module.sample(n, generator=generator, sampler=self.sampler),
+            self.sample_fn(trainer, pl_module),
             self.num_videos,
             self.batch_size,
             seed=self.seed,

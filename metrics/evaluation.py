@@ -41,7 +41,27 @@ def evaluate(cfg: DictConfig) -> dict:
     real = instantiate(cfg.real)
     references = suite.prepare_reference(real, progress=cfg.progress)
 
-    if cfg.get("ckpt_path") is not None:
+    if cfg.get("ckpt_path") is not None and cfg.get("stream_frames"):
+        from utils.stream import load_streamer, stream_sampler, train_clips
+
+        streamer = load_streamer(cfg.ckpt_path, cfg)
+        streamer.generator.to(device).eval()
+        streamer.autoencoder.to(device)
+        sample = stream_sampler(
+            streamer.generator,
+            streamer.objective,
+            streamer.autoencoder,
+            train_clips(streamer.run_config),
+            cfg.stream_frames,
+            suite.head,
+            suite.tail,
+        )
+        update_with_samples(
+            suite, sample, cfg.num_videos, cfg.batch_size, seed=cfg.seed, progress=cfg.progress
+        )
+        source = {"ckpt_path": str(cfg.ckpt_path), "sampler": f"stream{cfg.stream_frames}", "seed": cfg.seed}
+        num_generated = cfg.num_videos
+    elif cfg.get("ckpt_path") is not None:
         from utils.run import load_module  # the training stack is only needed for checkpoints
 
         module = load_module(cfg.ckpt_path, cfg).to(device).eval()
@@ -56,6 +76,11 @@ def evaluate(cfg: DictConfig) -> dict:
         )
         num_generated = cfg.num_videos
     else:
+        if suite.tail:
+            raise ValueError(
+                f"metrics of a video's last frames ({', '.join(suite.views())}) need streams generated here: "
+                "pass ckpt_path=<AAPT checkpoint> stream_frames=<frames> instead of videos_dir"
+            )
         folder = VideoFolder(
             cfg.videos_dir, suite.num_frames, cfg.videos_stride, cfg.num_videos, resolution=real.resolution
         )
@@ -76,6 +101,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "num_generated": num_generated,
         "num_real": len(real.indices(suite.num_frames)),
         "num_frames": suite.num_frames,
+        "views": suite.views(),
         "source": source,
         "real": real.describe(suite.num_frames),
         "detectors": suite.describe(),
@@ -100,8 +126,8 @@ def markdown_table(record: dict) -> str:
     what = source.get("ckpt_path") or source.get("videos_dir")
     sampler = f", sampler {source['sampler']}" if "sampler" in source else ""
     lines = [
-        f"Generated: {what}{sampler} ({record['num_generated']} videos, "
-        f"first {record['num_frames']} frames); "
+        f"Generated: {what}{sampler} ({record['num_generated']} videos; "
+        f"{', '.join(f'{name}: {view}' for name, view in record['views'].items())}); "
         f"real: {record['real']['dataset']['target']} {record['real']['split']} "
         f"({record['num_real']} clips, {record['real']['resolution']}px)",
         "",

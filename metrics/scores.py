@@ -25,6 +25,8 @@ from metrics.frechet import frechet_distance, inception_score, kernel_distance, 
 #                                   Base class                                  #
 #################################################################################
 
+CLIPS = ("first", "last")  # which frames of a generated video a metric sees
+
 
 class VideoMetric(Metric):
     """A detector plus states over generated videos, compared with a fixed reference of real videos."""
@@ -33,10 +35,19 @@ class VideoMetric(Metric):
     full_state_update = False
     needs_reference = True
 
-    def __init__(self, detector: Detector, name: str, **kwargs):
+    def __init__(
+        self, detector: Detector, name: str, num_frames: int | None = None, clip: str = "first", **kwargs
+    ):
+        """num_frames: the frames of each video (and real clip) it sees, None: the suite's; clip: "first" or
+        "last" of a generated video's frames (a long stream's end: its drift; real clips are all alike)."""
         super().__init__(**kwargs)
+        if num_frames is not None and (not isinstance(num_frames, int) or num_frames < 1):
+            raise ValueError(f"{name}: num_frames must be an int >= 1 or null, got {num_frames!r}")
+        if clip not in CLIPS:
+            raise ValueError(f"{name}: clip must be one of {CLIPS}, got {clip!r}")
         self.detector = detector
         self.name = name
+        self.num_frames, self.clip = num_frames, clip
         self.reference: dict[str, torch.Tensor] | None = None
 
     def update(self, videos: torch.Tensor | None = None, features: torch.Tensor | None = None) -> None:

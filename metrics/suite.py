@@ -51,7 +51,10 @@ class MetricSuite:
 
     The dict keys name the values (`{"fvd": ...}`, `{"kid_x1000": ..., "kid_x1000_std": ...}`) and the cache
     files.
-    Metrics whose detectors are identical (class, settings, file sha256) share one copy, run once per batch.
+    Metrics whose detectors are identical (class, settings, file sha256) share one copy, run once per batch
+    and view. A metric may see its own view of each video (`num_frames`, `clip`: the first or the last frames,
+    e.g. FVD on a long stream's first and last 16 frames, or StyleGAN-V's FVD128); `num_frames` is the
+    default view's length, and every video must have the longest view's frames.
     """
 
     def __init__(self, metrics: dict[str, VideoMetric], num_frames: int = 16):
@@ -60,14 +63,20 @@ class MetricSuite:
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be an int >= 1, got {num_frames!r}")
         self.metrics = dict(metrics)
-        self.num_frames = num_frames
-        self.groups: dict[str, list[str]] = {}  # detector identity -> names of the metrics that use it
+        self.groups: dict[
+            str, list[str]
+        ] = {}  # (detector identity, view) -> names of the metrics that use it
+        detectors = {}  # detector identity -> the one copy
         for name, metric in self.metrics.items():
             metric.name = name  # the key names its values: {name: ..., name_std: ...}
+            metric.num_frames = metric.num_frames or num_frames
             identity = json.dumps(metric.detector.describe(), sort_keys=True)
-            if identity in self.groups:  # the same network and file: keep one copy, run it once per batch
-                metric.detector = self.metrics[self.groups[identity][0]].detector
-            self.groups.setdefault(identity, []).append(name)
+            metric.detector = detectors.setdefault(identity, metric.detector)  # the same network and file
+            self.groups.setdefault(json.dumps([identity, metric.num_frames, metric.clip]), []).append(name)
+        self.num_frames = max(metric.num_frames for metric in self.metrics.values())  # every video's minimum
+        views = [(m.clip, m.num_frames) for m in self.metrics.values()]
+        self.head = max([n for clip, n in views if clip == "first"], default=0)  # frames seen from the start
+        self.tail = max([n for clip, n in views if clip == "last"], default=0)  # frames seen from the end
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device | str) -> "MetricSuite":
@@ -77,27 +86,32 @@ class MetricSuite:
             metric.to(self.device)
         return self
 
-    def clips(self, videos: torch.Tensor) -> torch.Tensor:
-        """The first num_frames frames of `b f c h w` videos, on the suite's device."""
+    def clips(self, videos: torch.Tensor, metric: VideoMetric) -> torch.Tensor:
+        """The frames of `b f c h w` videos that `metric` sees (its first or last num_frames), on device."""
         assert videos.ndim == 5 and videos.shape[2] in (1, 3), (
             f"videos must be (b, f, c, h, w) with c = 1 or 3 (frames first), got {tuple(videos.shape)}"
         )
-        if videos.shape[1] < self.num_frames:
+        if videos.shape[1] < metric.num_frames:
             raise ValueError(
-                f"the metrics use the first {self.num_frames} frames of every video, but these have "
-                f"{videos.shape[1]} (b f c h w = {tuple(videos.shape)})"
+                f"{metric.name} sees the {metric.clip} {metric.num_frames} frames of every video, but these "
+                f"have {videos.shape[1]} (b f c h w = {tuple(videos.shape)})"
             )
-        return videos[:, : self.num_frames].to(self.device)
+        n = metric.num_frames
+        return (videos[:, :n] if metric.clip == "first" else videos[:, -n:]).to(self.device)
 
     def update(self, videos: torch.Tensor, only: list[str] | None = None) -> None:
         """Feed `b f c h w` videos to every metric (or those in `only`), one detector pass per group."""
-        clips = self.clips(videos)  # (b, num_frames, c, h, w)
         for names in self.groups.values():
             names = [name for name in names if only is None or name in only]
             if names:
-                features = self.metrics[names[0]].detector(clips)  # (n, d)
+                metric = self.metrics[names[0]]
+                features = metric.detector(self.clips(videos, metric))  # (n, d)
                 for name in names:
                     self.metrics[name].update(features=features)
+
+    def views(self) -> dict[str, str]:
+        """What each metric sees of a video, e.g. {"fvd": "first 16 frames", "fvd_last16": "last 16 ..."}."""
+        return {name: f"{m.clip} {m.num_frames} frames" for name, m in self.metrics.items()}
 
     def compute(self) -> dict[str, float]:
         """Every metric's values (synced over ranks), e.g. {"fvd": ..., "is": ..., "is_std": ...}."""
@@ -120,19 +134,20 @@ class MetricSuite:
 
         Returns {metric: cache file or None}. A reference is recomputed whenever anything in its key changes:
         dataset factory and arguments, split, resolution, frames, clip count, seed, statistic, detector file
-        sha256 and settings.
+        sha256 and settings. Metrics with the same key (e.g. FVD of the first and of the last 16 frames: real
+        clips are alike throughout) share one computation.
         """
         rank, world_size = rank_and_world_size()
         needing = {name: m for name, m in self.metrics.items() if m.needs_reference}
         keys = {
             name: {
                 "format": CACHE_FORMAT,
-                "real": real.describe(self.num_frames),
+                "real": real.describe(m.num_frames),
                 "metric": m.reference_key(),
             }
             for name, m in needing.items()
         }
-        paths = {name: real.cache_path(self.num_frames, name, keys[name]) for name in needing}
+        paths = {name: real.cache_path(m.num_frames, name, keys[name]) for name, m in needing.items()}
         cached = {name: load_reference(paths[name], keys[name]) if paths[name] else None for name in needing}
         usable = all_ranks_agree([cached[name] is not None for name in needing], self.device)
         missing = [name for name, ok in zip(needing, usable) if not ok]
@@ -141,14 +156,20 @@ class MetricSuite:
                 needing[name].set_reference(cached[name])
                 if rank == 0:
                     log.info(f"{name}: real reference from cache {paths[name]}")
+        same = {}  # reference key -> the missing metric that computes it
+        for name in missing:
+            same.setdefault(json.dumps(keys[name], sort_keys=True), name)
         if missing:
-            self._compute_references(real, missing, rank, world_size, progress)
-            for name in missing:
+            self._compute_references(real, sorted(set(same.values())), rank, world_size, progress)
+            for name in sorted(set(same.values())):
                 metric = needing[name]
                 with metric.sync_context():
                     reference = metric.reference_state()
                 metric.reset()
                 metric.set_reference(reference)
+            for name in missing:
+                reference = needing[same[json.dumps(keys[name], sort_keys=True)]].reference
+                needing[name].set_reference(reference)
                 if rank == 0 and paths[name] is not None:
                     save_reference(paths[name], keys[name], reference)
                     log.info(f"{name}: real reference computed and cached in {paths[name]}")
@@ -157,15 +178,18 @@ class MetricSuite:
     def _compute_references(
         self, real: RealVideos, names: list[str], rank: int, world_size: int, progress: bool
     ) -> None:
-        """Feed this rank's share of the real clips to the metrics `names`."""
+        """Feed this rank's share of the real clips (as long as each metric's view) to the metrics `names`."""
         for name in names:
             self.metrics[name].reset()
-        total = len(real.indices(self.num_frames))
-        bar = tqdm(total=total, desc=f"real clips ({', '.join(names)})", disable=not progress or rank != 0)
-        for videos in real.batches(self.num_frames, rank, world_size):
-            self.update(videos, only=names)
-            bar.update(videos.shape[0] * world_size)
-        bar.close()
+        for num_frames in sorted({self.metrics[name].num_frames for name in names}):
+            these = [name for name in names if self.metrics[name].num_frames == num_frames]
+            total = len(real.indices(num_frames))
+            label = f"real clips of {num_frames} frames ({', '.join(these)})"
+            bar = tqdm(total=total, desc=label, disable=not progress or rank != 0)
+            for videos in real.batches(num_frames, rank, world_size):
+                self.update(videos, only=these)
+                bar.update(videos.shape[0] * world_size)
+            bar.close()
 
 
 #################################################################################

@@ -56,3 +56,12 @@ def compose_train(tmp_path: Path, overrides: list[str] = (), config_name: str = 
 def tiny_overrides() -> list[str]:
     """Overrides that shrink ``python train.py`` to a few CPU seconds."""
     return list(TINY)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests of many calls on a few tokens, where a second thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ from utils.run import train
 
 SMALL = dict(patch_size=2, input_size=8, in_channels=4, num_frames=4)
 CAUSAL = dict(temporal_mask="causal", temporal_pos="rope")
+pytestmark = pytest.mark.usefixtures("one_thread")  # many calls on a few tokens
 
 
 def tiny(seed: int = 0, **kwargs) -> Latte:
@@ -37,15 +38,6 @@ def latents(frames: int, batch: int = 2, size: int = 8, seed: int = 1) -> torch.
 def frame_timesteps(frames: int, batch: int = 2, seed: int = 2) -> torch.Tensor:
     """Random integer timesteps, one per frame: (batch, frames)."""
     return torch.randint(0, 1000, (batch, frames), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tests make many calls on a few tokens, where a second thread only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -176,6 +168,45 @@ def test_a_thousand_frame_stream_keeps_only_the_sink_and_window_frames(monkeypat
         parallel = model(x, t)  # (1, 1000, 8, 4, 4): one pass over all frames, masked
     assert cache.frames == 1000 and len(cache.layers) == 2, "one K/V cache per temporal block"
     torch.testing.assert_close(torch.cat(outputs, dim=1), parallel, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("variant", "conditioning", "window", "sink"),
+    [(1, "s_adaln", 3, 1), (1, "all_tokens", 2, 0), (3, "s_adaln", 1, 2), (4, "s_adaln", 4, 1)],
+)
+def test_the_static_ring_buffer_cache_equals_the_growing_one_across_the_window_wrap(
+    variant, conditioning, window, sink
+):
+    model = tiny(
+        variant=variant, conditioning=conditioning, window=window, sink_frames=sink, num_classes=5, **CAUSAL
+    )
+    x, t, y = latents(11), frame_timesteps(11), torch.tensor([1, 4])  # 11 frames: the ring wraps twice
+    growing, static = model.new_cache(2), model.new_cache(2, static=True)
+    with torch.no_grad():
+        for k in range(11):
+            a = model(x[:, k : k + 1], t[:, k : k + 1], y, cache=growing)  # (2, 1, 8, 8, 8)
+            b = model(x[:, k : k + 1], t[:, k : k + 1], y, cache=static)  # (2, 1, 8, 8, 8)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            assert all(kv.k.shape[2] == sink + window for kv in static.layers.values()), "fixed size"
+            filled = sorted(p for p in static.positions.tolist() if p >= 0)
+            assert filled == sorted({*range(min(sink, k + 1)), *range(max(sink, k + 1 - window), k + 1)})
+    assert static.frame.item() == 11 and not torch.allclose(x[:, -1], a[:, -1, :4]), "not the input"
+    static.reset()
+    assert static.frame.item() == 0 and (static.positions == -1).all()
+    with torch.no_grad():  # after a reset the same buffers stream the video again from frame 0
+        torch.testing.assert_close(
+            model(x[:, :1], t[:, :1], y, cache=static), stream(model, x[:, :1], t[:, :1], 1, y=y)
+        )
+
+
+def test_a_static_cache_needs_a_window_rope_and_one_frame_per_call():
+    with pytest.raises(ValueError, match="static cache.*needs a window and temporal_pos='rope'"):
+        tiny(**CAUSAL).new_cache(1, static=True)
+    with pytest.raises(ValueError, match="static cache.*window=3, temporal_pos='absolute'"):
+        tiny(temporal_mask="causal", window=3).new_cache(1, static=True)
+    model = tiny(window=3, **CAUSAL)
+    with pytest.raises(ValueError, match="one frame per call, got 2"), torch.no_grad():
+        model(latents(2), torch.tensor([1, 2]), cache=model.new_cache(2, static=True))
 
 
 #################################################################################

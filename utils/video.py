@@ -33,21 +33,56 @@ def video_grid(videos: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
     """Write ``f h w 3`` uint8 frames as an H.264 mp4 (imageio-ffmpeg, else OpenCV)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = _even_size(frames)
-    if importlib.util.find_spec("imageio_ffmpeg") is not None:
-        import imageio.v2 as imageio
+    with Mp4Writer(path, fps) as writer:
+        for frame in _even_size(frames):
+            writer.append(frame)
+    return Path(path)
 
-        imageio.mimwrite(path, list(frames), fps=fps, codec="libx264", quality=9, macro_block_size=1)
-    else:  # e.g. the GPU image, which has OpenCV but not imageio-ffmpeg
-        import cv2
 
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames.shape[2:0:-1])
-        for frame in frames:
-            writer.write(frame[..., ::-1])  # RGB -> BGR
-        writer.release()
-    return path
+class Mp4Writer:
+    """An mp4 written one ``h w 3`` uint8 frame at a time (imageio-ffmpeg's H.264, else OpenCV's mp4v)."""
+
+    def __init__(self, path: str | Path, fps: int = 8):
+        self.path, self.fps = Path(path), fps
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer, self.frames = None, 0
+
+    def _open(self, size: tuple[int, int]) -> None:
+        """Start the encoder for frames of ``size`` (h, w)."""
+        if importlib.util.find_spec("imageio_ffmpeg") is not None:
+            import imageio.v2 as imageio
+
+            self.writer = imageio.get_writer(
+                self.path, fps=self.fps, codec="libx264", quality=9, macro_block_size=1
+            )
+            self.write, self.finish = self.writer.append_data, self.writer.close
+        else:  # e.g. the GPU image, which has OpenCV but not imageio-ffmpeg
+            import cv2
+
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (size[1], size[0]))
+            self.write = lambda frame: self.writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
+            self.finish = self.writer.release
+
+    def append(self, frame: np.ndarray) -> None:
+        """Append one ``h w 3`` uint8 frame (padded to an even size, which H.264 requires)."""
+        frame = _even_size(frame[None])[0]
+        if self.writer is None:
+            self._open(frame.shape[:2])
+        self.write(frame)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self.writer is not None:
+            self.finish()
+            self.writer = None
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def write_gif(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
