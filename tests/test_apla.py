@@ -2,7 +2,10 @@
 trainable base parameters, single-video data, fine-tuning through train() (the loss falls; both optimizers
 resume), sampling from the inverted video through sample.py, and the frame-consistency metrics."""
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from lightning_modules.apla import APLAFinetune, HyperLoss, select_trainable
 from lightning_modules.gan_losses import nonsaturating_d, nonsaturating_g, relativistic_d, relativistic_g
 from metrics.consistency import CLIPFrames, CLIPTextScore, FrameConsistency, PixelFrames
 from metrics.perceptual import lpips_network
-from tests.conftest import TINY, compose_train
+from tests.conftest import ROOT, TINY, compose_train
 from tests.helpers.probes import EndProbe
 from utils.run import load_module, sample, train
 
@@ -437,3 +440,54 @@ def test_a_missing_clip_folder_is_an_error_naming_it(tmp_path):
         CLIPFrames(weights_dir=str(tmp_path))
     with pytest.raises(ValueError, match="prompt"):
         CLIPTextScore(CLIPFrames(config=TINY_CLIP), prompt=None)
+
+
+#################################################################################
+#                                   The bench                                   #
+#################################################################################
+
+
+@pytest.mark.slow
+def test_the_apla_step_bench_runs_on_the_cpu_at_tiny_sizes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "apla_step.py"), "--tiny", "--steps", "1", "--warmup", "1"]
+        + ["--json", str(tmp_path / "apla.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "apla.json").read_text())
+    assert record["device"] == "cpu" and record["torch"] == torch.__version__ and record["date"]
+    assert [row["config"].split(" ")[0] for row in record["rows"]] == ["base", "VGT-Pure", "VGT-Hyper"]
+    assert all(row["step_ms"] > 0 for row in record["rows"])
+    params = [row["trainable_params"] for row in record["rows"]]
+    assert params[0] < params[1] < params[2], "the VGT and discriminator add trainable parameters"
+    assert "| VGT-Hyper + 1x1 D + hyper-loss |" in result.stdout
+
+
+def test_evaluate_py_reports_apla_metrics_of_an_apla_checkpoint(apla_runs, tmp_path):
+    from metrics.evaluation import evaluate
+
+    ckpt = apla_runs["root"] / "full" / "run" / "checkpoints" / "last.ckpt"
+    overrides = [f"ckpt_path={ckpt}", "metrics=apla", "metrics.num_frames=4", "prompt=a red square"]
+    overrides += [
+        "num_videos=2",
+        "batch_size=1",
+        "sampler=ddim_inversion",
+        "sampler.num_steps=2",
+        "progress=false",
+    ]
+    cfg = compose_train(tmp_path, overrides, config_name="evaluate")
+    for metric in cfg.metrics.metrics.values():  # a random CLIP stands in for ViT-L/14 (no weights here)
+        metric.detector.config = TINY_CLIP
+    record = evaluate(cfg)
+    assert sorted(record["values"]) == ["clip_text", "fci", "fci_consecutive"]
+    values = record["values"]
+    assert (
+        -1 <= values["fci"] <= 1
+        and -1 <= values["fci_consecutive"] <= 1
+        and -100 <= values["clip_text"] <= 100
+    )
+    assert record["source"]["sampler"] == "ddim2-inv2"
+    assert (tmp_path / "run" / "metrics.json").is_file()
