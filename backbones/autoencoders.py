@@ -100,6 +100,11 @@ class IdentityAutoencoder(FrozenAutoencoder):
         self.check_latents(z)
         return z.detach()
 
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """``decode`` letting gradients through to ``z`` (a loss on decoded pixels): the latents."""
+        self.check_latents(z)
+        return z
+
 
 #################################################################################
 #                          Diffusers AutoencoderKL (SD VAE)                     #
@@ -238,6 +243,10 @@ class DiffusersAutoencoderKL(FrozenAutoencoder):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents (b, f, zc, h', w') into unclamped pixels (b, f, c, h'*ds, w'*ds)."""
+        return self.decode_with_grad(z)
+
+    def decode_with_grad(self, z: torch.Tensor) -> torch.Tensor:
+        """``decode`` that lets gradients through the frozen VAE to ``z`` (a loss on decoded pixels)."""
         self.check_latents(z)
         b = z.shape[0]
         latents = rearrange(z, "b f c h w -> (b f) c h w").to(self.dtype)  # (b*f, zc, h', w')

@@ -12,6 +12,7 @@ Hydra with `_partial_: true`) and only lists files: frame counting, clip samplin
     sky_index          <root>/<split dir>/**/<frames>.jpg|png       SkyTimelapse (sky_train/<video>/<clip>/)
     taichi_index       <root>/<split dir>/<video>/<frames> or *.mp4 Taichi-HD, frame folders or video files
     video_folder_index <root>/<split dir>/**/*.<video extension>    any folder of videos (and frame folders)
+    single_video_index <root> = one video file or one folder of frames  one-shot fine-tuning (APLA)
 
 Frames of a folder are ordered by the number after the last "_" of the file stem (Latte's key, so
 `x_2.jpg` < `x_10.jpg`), falling back to the file name when a stem has no such number.
@@ -21,7 +22,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from datamodules.videos import VideoIndex, VideoRecord
+from datamodules.videos import READ_ERRORS, VideoIndex, VideoRecord, count_frames, min_length
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -194,3 +195,56 @@ def ucf101_index(root: Path, split: str, split_dir: str | None = None, fold: int
         else:
             records.append(VideoRecord(str(path), label=label[name]))
     return VideoIndex(records, classes, tuple(skipped))
+
+
+def single_video_index(
+    root: Path,
+    split: str,
+    num_frames: int,
+    frame_interval: int,
+    clip_sampling: str = "stride",
+    num_classes: int = 0,
+    label: int | None = None,
+    clips_per_epoch: int = 100,
+) -> VideoIndex:
+    """One video (`root`: a video file or a folder of frames), listed `clips_per_epoch` times: every split
+    cuts its clips of num_frames frames, frame_interval apart, from it (training: a random window each time).
+
+    A missing, unreadable or too short video is an error naming it (never a silent skip: it is the only one).
+    label: the video's class (num_classes > 0, e.g. a UCF101 class index), None when unconditional.
+    """
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the video '{path}' does not exist (data.root: one video file or frame folder)"
+        )
+    frames = (
+        tuple(sorted(map(str, (f for f in path.iterdir() if _is_image(f))), key=frame_key))
+        if path.is_dir()
+        else ()
+    )
+    if path.is_dir() and not frames:
+        raise ValueError(f"the folder '{path}' holds no frame images ({', '.join(IMAGE_EXTENSIONS)})")
+    record = VideoRecord(str(path), label=label, frames=frames)
+    try:
+        length = count_frames(record)
+    except READ_ERRORS as error:
+        raise ValueError(f"the video '{path}' could not be read ({type(error).__name__}: {error})") from None
+    needed = min_length(num_frames, frame_interval, clip_sampling)
+    if length < needed:
+        raise ValueError(
+            f"the video '{path}' has {length} frames, fewer than the {needed} that a clip of num_frames="
+            f"{num_frames} frames {frame_interval} apart needs: lower data.num_frames or "
+            "data.dataset.frame_interval"
+        )
+    if (label is None) != (num_classes == 0) or (label is not None and not 0 <= label < num_classes):
+        raise ValueError(
+            f"label={label!r} must be null when unconditional, else in [0, num_classes={num_classes})"
+        )
+    classes = tuple(f"class_{i}" for i in range(num_classes))
+    return VideoIndex([record] * clips_per_epoch, classes)
+
+
+def _is_image(path: Path) -> bool:
+    """A visible image file."""
+    return path.is_file() and visible(path.name) and path.suffix.lower() in IMAGE_EXTENSIONS

@@ -9,7 +9,14 @@ from diffusion.gaussian import (
 )
 from diffusion.noise_priors import IIDNoise, MixedNoise, ProgressiveNoise
 from diffusion.objective import Objective
-from diffusion.sampling import DPMSolverSampler, EulerSampler, Sampler, SamplerBase, classifier_free_guidance
+from diffusion.sampling import (
+    DPMSolverSampler,
+    EulerSampler,
+    InversionSampler,
+    Sampler,
+    SamplerBase,
+    classifier_free_guidance,
+)
 
 __all__ = [
     "DPMSolverSampler",
@@ -17,6 +24,7 @@ __all__ = [
     "FlowMatching",
     "GaussianDiffusion",
     "IIDNoise",
+    "InversionSampler",
     "MixedNoise",
     "Objective",
     "ProgressiveNoise",

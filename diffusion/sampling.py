@@ -11,6 +11,7 @@ both), naming the two.
 sampler                 objective           how
 ======================  ==================  ==========================================================
 ``Sampler`` ddpm/ddim   GaussianDiffusion   respaced grid, ancestral DDPM or DDIM (Latte's samplers)
+``InversionSampler``    GaussianDiffusion   DDIM from the DDIM inversion of a given video (one-shot editing)
 ``DPMSolverSampler``    GaussianDiffusion   DPM-Solver++(2M) (Lu et al. 2022), diffusers' scheduler
 ``EulerSampler``        FlowMatching        Euler jumps (``FlowMatching.step``) on the shifted grid
 ======================  ==================  ==========================================================
@@ -392,4 +393,58 @@ class EulerSampler(SamplerBase):
         b = x.shape[0]
         for i in tqdm(range(self.num_steps), disable=not self.progress, desc="sampling"):
             x = objective.step(model, x, times[i].expand(b), times[i + 1].expand(b), model_kwargs)
+        return x
+
+
+#################################################################################
+#                   DDIM from an inverted video (Gaussian diffusion)            #
+#################################################################################
+
+
+class InversionSampler(Sampler):
+    """DDIM (eta 0) started from the DDIM inversion of a given video's latents, not from fresh noise.
+
+    Tune-A-Video's ``use_inv_latent``: the one-shot fine-tuned model re-generates (or, with another ``label``,
+    edits) its training video from the noise that deterministic DDIM maps back onto it. A module that has a
+    video to invert (APLA) calls ``invert`` and then samples with the result as ``noise``; ``label`` (None:
+    the video's own) is the class the edit is generated with.
+    """
+
+    def __init__(
+        self,
+        num_steps: int = 50,
+        inversion_steps: int | None = None,
+        label: int | None = None,
+        cfg_scale: float = 1.0,
+        progress: bool = False,
+    ):
+        super().__init__("ddim", _check_steps(num_steps), 0.0, cfg_scale, progress)
+        self.inversion_steps = _check_steps(inversion_steps or num_steps)
+        if label is not None and (not isinstance(label, int) or label < 0):
+            raise ValueError(f"sampler label must be null or a class index >= 0, got {label!r}")
+        self.label = label
+
+    @property
+    def tag(self) -> str:
+        """E.g. "ddim50-inv50" or "ddim50-inv50-label3"."""
+        label = f"-label{self.label}" if self.label is not None else ""
+        return f"ddim{self.num_steps}-inv{self.inversion_steps}{label}"
+
+    @torch.no_grad()
+    def invert(
+        self, model: Model, objective: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The noise (b f c h w) that DDIM maps to latents ``x0`` (b f c h w): the DDIM ODE run forwards,
+        each step using the model's eps at the level it leaves (unguided, with the video's labels ``y``)."""
+        self.check(objective)
+        assert x0.ndim == 5, f"inversion takes latents (b, f, c, h, w), got {tuple(x0.shape)}"
+        spaced = objective.respace(str(self.inversion_steps))
+        model_kwargs = {} if y is None else {"y": y}
+        x, c = x0.float(), x0.shape[2]
+        for i in tqdm(range(spaced.num_timesteps), disable=not self.progress, desc="inverting"):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            eps = model(x, spaced.model_timesteps(t), **model_kwargs)[:, :, :c].float()  # (b, f, c, h, w)
+            alpha_bar, alpha_bar_prev = spaced._alpha_bar(t, x), spaced._alpha_bar(t - 1, x)
+            pred_x0 = (x - torch.sqrt(1 - alpha_bar_prev) * eps) / torch.sqrt(alpha_bar_prev)  # (b,f,c,h,w)
+            x = torch.sqrt(alpha_bar) * pred_x0 + torch.sqrt(1 - alpha_bar) * eps  # (b, f, c, h, w)
         return x

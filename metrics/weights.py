@@ -25,6 +25,7 @@ class WeightFile:
     env_var: str
     description: str
     sha256: str | None  # hex digest, checked when known; None = not known (the hash is logged anyway)
+    folder: bool = False  # a folder of files (a Hugging Face model), not one file
 
 
 WEIGHTS: dict[str, WeightFile] = {
@@ -68,6 +69,33 @@ WEIGHTS: dict[str, WeightFile] = {
             description="StyleGAN-V's C3D TorchScript fine-tuned on UCF-101, the IS detector",
             sha256=None,  # unknown
         ),
+        WeightFile(
+            key="lpips_vgg",
+            filename="vgg16-397923af.pth",
+            url="https://download.pytorch.org/models/vgg16-397923af.pth",
+            env_var="LATTE_LPIPS_VGG",
+            description="torchvision's ImageNet VGG16, the backbone of LPIPS-VGG (APLA's perceptual loss)",
+            # sha256 unknown; by torch.hub's `name-<sha256 prefix>.ext` naming it should start with 397923af.
+            sha256=None,
+        ),
+        WeightFile(
+            key="lpips_alex",
+            filename="alexnet-owt-7be5be79.pth",
+            url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            env_var="LATTE_LPIPS_ALEX",
+            description="torchvision's ImageNet AlexNet, the backbone of LPIPS-Alex",
+            sha256=None,  # unknown; by torch.hub's naming it should start with 7be5be79
+        ),
+        WeightFile(
+            key="clip_vit_l14",
+            filename="clip-vit-large-patch14",
+            url="https://huggingface.co/openai/clip-vit-large-patch14 (a folder: config.json, the tokenizer "
+            "files and model.safetensors; `hf download openai/clip-vit-large-patch14 --local-dir <folder>`)",
+            env_var="LATTE_CLIP_VIT_L14",
+            description="OpenAI CLIP ViT-L/14 (Hugging Face layout) for frame consistency and text score",
+            sha256=None,  # unknown; the sha256 of its model.safetensors is reported with every result
+            folder=True,
+        ),
     )
 }
 
@@ -89,11 +117,12 @@ def resolve_weights(key: str, path: str | os.PathLike | None = None, weights_dir
             looked.append(f"{source}: not set")
             continue
         candidate = Path(candidate).expanduser()
-        if candidate.is_file():
+        if candidate.is_dir() if weight.folder else candidate.is_file():
             return candidate
-        looked.append(f"{source}: {candidate} (no such file)")
+        looked.append(f"{source}: {candidate} (no such {'folder' if weight.folder else 'file'})")
     raise FileNotFoundError(
-        f"{weight.description}: weights file '{weight.filename}' not found. Looked at, in order: "
+        f"{weight.description}: weights {'folder' if weight.folder else 'file'} '{weight.filename}' not "
+        "found. Looked at, in order: "
         + "; ".join(looked)
         + f". Download it from {weight.url} and save it as {Path(cache_dir).expanduser() / weight.filename}, "
         f"or set ${weight.env_var} or the detector's `path` to it. Nothing is downloaded automatically."

@@ -276,7 +276,11 @@ def test_detector_reports_the_sha256_of_the_file_it_loaded(tiny_i3d):
 
 
 def test_every_registry_entry_names_a_file_a_url_and_an_environment_variable():
-    assert set(WEIGHTS) == {"i3d_torchscript", "i3d_pretrained_400", "inception_v3", "c3d_ucf101"}
+    assert set(WEIGHTS) == {"i3d_torchscript", "i3d_pretrained_400", "inception_v3", "c3d_ucf101"} | {
+        "lpips_vgg",
+        "lpips_alex",
+        "clip_vit_l14",  # APLA: the perceptual loss's backbone, the consistency metrics' CLIP
+    }
     for weight in WEIGHTS.values():
         assert weight.url.startswith("https://") and weight.filename in weight.url.split("?")[0]
         assert weight.env_var.startswith("LATTE_")
