@@ -1,6 +1,7 @@
-"""The methods' LightningModules, on one base (VideoModule: EMA, NaN guard, RNG, checkpoints)."""
+"""The methods' LightningModules (Latte, AAPT's three stages) on one base (VideoModule: EMA, NaN guard)."""
 
+from lightning_modules.aapt import AAPTAdapt, AAPTDistill, AAPTGan
 from lightning_modules.base import VideoModule
 from lightning_modules.latte_diffusion import LatteDiffusion
 
-__all__ = ["LatteDiffusion", "VideoModule"]
+__all__ = ["AAPTAdapt", "AAPTDistill", "AAPTGan", "LatteDiffusion", "VideoModule"]
