@@ -215,3 +215,45 @@ def init_from_dit(latte: Latte, path_or_state_dict: str | os.PathLike | Mapping[
         len(report["kept"]),
     )
     return report
+
+
+#################################################################################
+#                Another Latte's Weights into a Causal Next-Frame Latte           #
+#################################################################################
+
+
+def fit_latte_weights(
+    weights: Mapping[str, torch.Tensor], latte: Latte
+) -> tuple[dict[str, torch.Tensor], list]:
+    """Another Latte's state dict (a bidirectional run, an official file) shaped for ``latte``; the changes.
+
+    AAPT's diffusion adaptation turns a bidirectional model into a causal one whose input joins the noisy
+    frame and the previous frame on channels (masks and RoPE have no weights). Here: the patch embedding's
+    extra input channels keep ``latte``'s own init (`fit_patch_embedding`, per `extra_channels_init`); the
+    final layer keeps the first ``out_channels`` of each patch position (learn_sigma's variance channels are
+    dropped); `temp_embed` is dropped where ``latte`` has none (temporal_pos="rope"). Every other tensor is
+    left as it is, for the caller's strict check.
+    """
+    own = latte.state_dict()
+    fitted, changes = dict(weights), []
+    if "x_embedder.proj.weight" in fitted and "x_embedder.proj.weight" in own:
+        before = tuple(fitted["x_embedder.proj.weight"].shape)
+        fitted["x_embedder.proj.weight"] = fit_patch_embedding(
+            fitted["x_embedder.proj.weight"], own["x_embedder.proj.weight"]
+        )
+        if tuple(fitted["x_embedder.proj.weight"].shape) != before:
+            changes.append(f"x_embedder.proj.weight {before}: extra channels {latte.extra_channels_init}")
+    p2, c_out = latte.patch_size**2, latte.out_channels
+    for key in ("final_layer.linear.weight", "final_layer.linear.bias"):
+        value = fitted.get(key)
+        if value is None or key not in own or value.shape[0] == own[key].shape[0] or value.shape[0] % p2:
+            continue
+        c_file = value.shape[0] // p2
+        if c_file > c_out:  # rows ordered (p_row, p_col, channel): keep the first c_out channels of each
+            kept = value.reshape(p2, c_file, *value.shape[1:])[:, :c_out]  # (p*p, c_out, [d])
+            fitted[key] = kept.reshape(p2 * c_out, *value.shape[1:])  # (p*p*c_out, [d])
+            changes.append(f"{key}: kept {c_out} of {c_file} output channels")
+    if "temp_embed" in fitted and "temp_embed" not in own:
+        del fitted["temp_embed"]
+        changes.append("temp_embed dropped (the model has no absolute temporal embedding)")
+    return fitted, changes

@@ -297,7 +297,7 @@ class APLAFinetune(VideoModule):
             if self.adv_weight > 0 and self.global_step >= self.adv_warmup_steps:
                 with frozen(self.discriminator):
                     g_adv = self.g_loss_fn(
-                        self.discriminator(fake), self.discriminator(real.detach()).detach()
+                        self.discriminator(real.detach()).detach(), self.discriminator(fake)
                     )
                 loss = loss + self.adv_weight * g_adv
                 logs["train/loss_adv"] = g_adv.detach()

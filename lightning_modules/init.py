@@ -6,7 +6,9 @@
   (``init.path``), the way a method chains its stages; the step count, optimizer and EMA history start
   afresh (continuing a run is ``ckpt_path=``, which takes precedence: a resumed run skips ``init``).
 
-Each step loads into the submodule ``into`` (the backbone) and then sets the module's EMA to it.
+Each step loads into the submodule ``into`` (the backbone; a dotted path such as ``discriminator.trunk``)
+and then sets the module's EMA to it. A module with two networks to start (AAPT's GAN: the generator from
+one stage, the discriminator from another) takes several steps: ``init=aapt_gan`` (``in_order``).
 """
 
 from collections.abc import Iterator, Mapping
@@ -15,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from backbones import init_from_dit
+from backbones import fit_latte_weights, init_from_dit
 from lightning_modules.base import VideoModule
 from utils.files import load_file
 
@@ -34,6 +36,7 @@ def from_checkpoint(
     prefix: str = "ema.",
     strict: bool = True,
     into: str = "backbone",
+    convert: bool = False,
 ) -> dict[str, list[str]]:
     """Load the tensors of ``path`` named ``<prefix><key>`` into ``module.<into>`` (and the EMA); a report.
 
@@ -42,6 +45,9 @@ def from_checkpoint(
     ``ema.`` (default) or ``backbone.`` (the live weights) of a run, ``model.`` of an official file.
     ``strict``: every tensor of ``module.<into>`` must be in the file with its shape, and nothing else be
     under ``prefix``; with ``strict=False`` what fits is loaded and the rest is listed in a warning.
+    ``convert``: first fit another Latte's weights to this one (``backbones.fit_latte_weights``: a
+    bidirectional or official model into AAPT's causal next-frame Latte, whose extra input channels keep
+    their init and whose learn_sigma output channels are dropped).
     Report: ``loaded``, ``missing``, ``unexpected`` and ``mismatched`` keys (of ``module.<into>``).
     """
     if path is None:  # init.path: ??? in conf/init/checkpoint.yaml
@@ -50,6 +56,10 @@ def from_checkpoint(
         )
     target = _submodule(module, into)
     weights = read_weights(path, prefix)
+    if convert:
+        weights, changes = fit_latte_weights(weights, target)
+        for change in changes:
+            rank_zero_info(f"init.convert: {change}")
     own = target.state_dict()
     report = {
         "loaded": [k for k in own if k in weights and weights[k].shape == own[k].shape],
@@ -74,6 +84,15 @@ def from_checkpoint(
         rank_zero_warn(f"{where}: loaded {len(report['loaded'])} tensors, left out {problems}")
     rank_zero_info(f"{where}: loaded {len(report['loaded'])} of {len(own)} tensors")
     return report
+
+
+def in_order(module: VideoModule, **steps) -> None:
+    """Apply several init steps (each called with the module), in the order given: ``init=aapt_gan``."""
+    for name, step in steps.items():
+        if step is None:
+            continue
+        rank_zero_info(f"init step {name}")
+        step(module)
 
 
 def read_weights(path: str, prefix: str) -> dict[str, torch.Tensor]:
@@ -107,9 +126,12 @@ def _flatten(node: Mapping, prefix: str = "") -> Iterator[tuple[str, torch.Tenso
 
 
 def _submodule(module: VideoModule, into: str) -> nn.Module:
-    """``module.<into>``, or an error naming init.into and the module's submodules."""
-    submodule = getattr(module, into, None)
-    if not isinstance(submodule, nn.Module):
+    """``module.<into>`` (a dotted path), or an error naming init.into and the module's submodules."""
+    try:
+        submodule = module.get_submodule(into)
+    except AttributeError:
+        submodule = None
+    if not isinstance(submodule, nn.Module) or submodule is module:
         names = ", ".join(name for name, _ in module.named_children())
         raise ValueError(f"init.into={into!r} is no submodule of {type(module).__name__}; valid: {names}")
     return submodule

@@ -21,7 +21,7 @@ from backbones.vgt import VGT, NoiseDiscriminator
 from datamodules.index import single_video_index
 from diffusion import GaussianDiffusion, IIDNoise, InversionSampler, Sampler
 from lightning_modules.apla import APLAFinetune, HyperLoss, select_trainable
-from lightning_modules.gan_losses import nonsaturating_d, nonsaturating_g, relativistic_d, relativistic_g
+from lightning_modules.gan_losses import GAN_LOSSES
 from metrics.consistency import CLIPFrames, CLIPTextScore, FrameConsistency, PixelFrames
 from metrics.perceptual import lpips_network
 from tests.conftest import ROOT, TINY, compose_train
@@ -156,10 +156,11 @@ def test_gan_losses_against_their_formulas():
     real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.0])
     softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
     expected_d = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(0.5) + softplus(1.0)) / 2
+    (nonsaturating_d, nonsaturating_g), (relativistic_d, relativistic_g) = GAN_LOSSES.values()
     assert nonsaturating_d(real, fake).item() == pytest.approx(expected_d)
-    assert nonsaturating_g(fake).item() == pytest.approx((softplus(-0.5) + softplus(-1.0)) / 2)
+    assert nonsaturating_g(real, fake).item() == pytest.approx((softplus(-0.5) + softplus(-1.0)) / 2)
     assert relativistic_d(real, fake).item() == pytest.approx((softplus(0.5 - 2.0) + softplus(1.0 + 1.0)) / 2)
-    assert relativistic_g(fake, real).item() == pytest.approx(
+    assert relativistic_g(real, fake).item() == pytest.approx(
         (softplus(2.0 - 0.5) + softplus(-1.0 - 1.0)) / 2
     )
 

@@ -62,7 +62,7 @@ def config_choices() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the configs' resolvers (config_choices, cwd, floordiv, sweep_choices, ...); idempotent.
+    """Register the configs' resolvers (config_choices, cwd, floordiv, mul, ...); idempotent.
 
     ``${cwd:}`` is the folder the command was started in. Unlike ``${hydra:runtime.cwd}`` it resolves before
     Hydra sets its runtime, e.g. in a multirun's ``hydra.sweep.dir``.
@@ -71,6 +71,7 @@ def register_resolvers() -> None:
         "config_choices": config_choices,
         "cwd": os.getcwd,
         "floordiv": lambda a, b: int(a) // int(b),
+        "mul": lambda a, b: int(a) * int(b),
         "sweep_choices": sweep_choices,
         "cluster_job": cluster_job,
         "job_nodes": job_nodes,
