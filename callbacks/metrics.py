@@ -46,7 +46,7 @@ class GenerationMetrics(Callback):
         num_videos: videos generated per evaluation, over all ranks (the paper protocol: 2048).
         sampler: None = the module's own; e.g. a 50-step DDIM for cheaper periodic numbers.
         seed: the same seed each time, so successive evaluations see the same initial noise.
-        stream_frames: a causal one-step generator (AAPT: ``generator``/``ema``, ``objective``,
+        stream_frames: a causal one-step generator (AAPT: ``backbone``/``ema``, ``diffusion``,
             ``autoencoder``) streams this many frames per video from first frames of the training data, and
             the suite reads its views of them (e.g. FVD of the first and last 16: the drift); ``sampler``
             is then unused.
@@ -106,9 +106,9 @@ class GenerationMetrics(Callback):
             return lambda n, generator: pl_module.sample(n, generator=generator, sampler=self.sampler)
         from utils.stream import stream_sampler
 
-        model = pl_module.ema if getattr(pl_module, "ema", None) is not None else pl_module.generator
+        model = pl_module.ema if getattr(pl_module, "ema", None) is not None else pl_module.backbone
         clips = trainer.datamodule.build("train")
-        suite, parts = self.suite, (pl_module.objective, pl_module.autoencoder)
+        suite, parts = self.suite, (pl_module.diffusion, pl_module.autoencoder)
         return stream_sampler(model, *parts, clips, self.stream_frames, suite.head, suite.tail)
 
     def provenance(self, pl_module: LightningModule) -> dict:

@@ -32,8 +32,8 @@ def test_the_static_step_streams_what_the_rollout_makes_across_the_window_wrap()
     module = tiny_standin()  # window 3 + 1 sink frame: 9 frames wrap the ring twice
     first, noise = frames(1), frames(9, seed=1)
     with torch.no_grad():
-        reference = rollout(module.ema, module.objective, first, noise)  # growing cache
-    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8))
+        reference = rollout(module.ema, module.diffusion, first, noise)  # growing cache
+    step = StreamStep(module.ema, module.diffusion, 1, (3, 8, 8))
     step.start(first)
     streamed = torch.cat([step.step(noise[:, k : k + 1]).clone() for k in range(9)], dim=1)
     torch.testing.assert_close(streamed, reference, atol=1e-5, rtol=1e-5)
@@ -49,14 +49,14 @@ def test_a_label_switch_mid_stream_conditions_the_frames_after_it():
     with torch.no_grad():
         for k in range(6):  # class 1 for frames 1-3, class 3 from frame 4 on
             y = torch.tensor([1 if k < 3 else 3])
-            previous = next_frame(module.ema, module.objective, cache, previous, noise[:, k : k + 1], y)
+            previous = next_frame(module.ema, module.diffusion, cache, previous, noise[:, k : k + 1], y)
             expected.append(previous)
-    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8))
+    step = StreamStep(module.ema, module.diffusion, 1, (3, 8, 8))
     step.start(first, y=1)
     streamed = [step.step(noise[:, k : k + 1], y=3 if k == 3 else None).clone() for k in range(6)]
     torch.testing.assert_close(torch.cat(streamed, 1), torch.cat(expected, 1), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unconditional"):
-        StreamStep(tiny_standin().ema, module.objective, 1, (3, 8, 8)).set_label(2)
+        StreamStep(tiny_standin().ema, module.diffusion, 1, (3, 8, 8)).set_label(2)
 
 
 def test_the_frame_decoder_maps_a_latent_frame_to_uint8_pixels():
@@ -79,8 +79,8 @@ def test_the_step_compiles_to_one_graph_that_streams_what_eager_streams(monkeypa
             [step.step(noise[:, k : k + 1], y=3 if k == 5 else None).clone() for k in range(8)], 1
         )
 
-    eager = run(StreamStep(module.ema, module.objective, 1, (3, 8, 8)))
-    compiled = StreamStep(module.ema, module.objective, 1, (3, 8, 8), compile="default")
+    eager = run(StreamStep(module.ema, module.diffusion, 1, (3, 8, 8)))
+    compiled = StreamStep(module.ema, module.diffusion, 1, (3, 8, 8), compile="default")
     torch.testing.assert_close(run(compiled), eager, atol=1e-6, rtol=1e-6)  # fullgraph: no graph break
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, "no recompilation per frame or class"
 
@@ -88,9 +88,9 @@ def test_the_step_compiles_to_one_graph_that_streams_what_eager_streams(monkeypa
 def test_compile_and_graph_options_are_checked():
     module = tiny_standin()
     with pytest.raises(ValueError, match="compile='fast' must be one of"):
-        StreamStep(module.ema, module.objective, 1, (3, 8, 8), compile="fast")
+        StreamStep(module.ema, module.diffusion, 1, (3, 8, 8), compile="fast")
     with pytest.raises(ValueError, match="cuda_graph=true needs a CUDA device"):
-        StreamStep(module.ema, module.objective, 1, (3, 8, 8), cuda_graph=True)
+        StreamStep(module.ema, module.diffusion, 1, (3, 8, 8), cuda_graph=True)
     with pytest.raises(ValueError, match="'reduce-overhead' makes its own CUDA graphs"):
         StaticCall(lambda: None, "reduce-overhead", cuda_graph=True)
 
@@ -163,7 +163,7 @@ def test_stream_py_starts_from_the_runs_data_by_default(tmp_path):
 
 def test_a_module_without_a_generator_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("utils.run.load_module", lambda path, cfg: torch.nn.Linear(1, 1))
-    with pytest.raises(ValueError, match="holds a Linear, which has no generator, objective, autoencoder"):
+    with pytest.raises(ValueError, match="holds a Linear, which has no backbone, diffusion, autoencoder"):
         load_streamer("x.ckpt", None)
 
 
@@ -214,8 +214,8 @@ def test_gpu_compiled_and_graphed_steps_match_the_eager_step(compile_mode, graph
     first, noise = frames(1).cuda().to(dtype).expand(2, -1, -1, -1, -1), frames(40, seed=1).cuda().to(dtype)
     noise = noise.expand(2, -1, -1, -1, -1).contiguous()
     with torch.no_grad():
-        eager = streamed(StreamStep(generator, module.objective, 2, (3, 8, 8)), first, noise, 20)
-        fast = StreamStep(generator, module.objective, 2, (3, 8, 8), compile=compile_mode, cuda_graph=graph)
+        eager = streamed(StreamStep(generator, module.diffusion, 2, (3, 8, 8)), first, noise, 20)
+        fast = StreamStep(generator, module.diffusion, 2, (3, 8, 8), compile=compile_mode, cuda_graph=graph)
         out = streamed(fast, first, noise, 20)
         again = streamed(fast, first, noise, 20)  # a second stream on the captured buffers
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
@@ -300,7 +300,7 @@ def test_gpu_latency_bench_runs_tiny_in_every_mode(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_decoding_ahead_hands_over_every_frame_in_order():
     module = tiny_standin().cuda()
-    step = StreamStep(module.ema, module.objective, 1, (3, 8, 8), cuda_graph=True)
+    step = StreamStep(module.ema, module.diffusion, 1, (3, 8, 8), cuda_graph=True)
     decoder = FrameDecoder(module.autoencoder, step.previous, cuda_graph=True)
     first, noise = frames(1).cuda(), frames(30, seed=1).cuda()
     step.start(first)

@@ -56,15 +56,15 @@ def load_streamer(ckpt_path: str, cfg: DictConfig, use_ema: bool = True) -> Stre
     from utils.run import load_module
 
     module = load_module(ckpt_path, cfg)
-    missing = [name for name in ("generator", "objective", "autoencoder") if not hasattr(module, name)]
+    missing = [name for name in ("backbone", "diffusion", "autoencoder") if not hasattr(module, name)]
     if missing:
         raise ValueError(
             f"{ckpt_path} holds a {type(module).__name__}, which has no {', '.join(missing)}: stream.py "
-            "streams a causal one-step generator (AAPTGan: generator, ema, objective, autoencoder)"
+            "streams a causal one-step generator (AAPTGan: backbone, ema, diffusion, autoencoder)"
         )
-    generator = module.ema if use_ema and getattr(module, "ema", None) is not None else module.generator
+    generator = module.ema if use_ema and getattr(module, "ema", None) is not None else module.backbone
     run_config = OmegaConf.create(load_file(ckpt_path, "a checkpoint")["hyper_parameters"]["config"])
-    return Streamer(generator, module.objective, module.autoencoder, run_config)
+    return Streamer(generator, module.diffusion, module.autoencoder, run_config)
 
 
 #################################################################################

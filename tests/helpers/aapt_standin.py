@@ -1,4 +1,4 @@
-"""A stand-in for AAPTGan's interface (generator, ema, objective, autoencoder) and its checkpoint."""
+"""A stand-in for AAPTGan's interface (backbone, ema, diffusion, autoencoder) and its checkpoint."""
 
 from pathlib import Path
 
@@ -13,10 +13,10 @@ from lightning_modules import VideoModule
 class StandInAAPT(VideoModule):
     """What stream.py and evaluate.py rely on of AAPTGan: a causal Latte generator, its EMA, flow matching."""
 
-    def __init__(self, generator: nn.Module, objective: FlowMatching, autoencoder: nn.Module):
+    def __init__(self, backbone: nn.Module, diffusion: FlowMatching, autoencoder: nn.Module):
         super().__init__(ema_decay=0.9)
-        self.generator, self.objective, self.autoencoder = generator, objective, autoencoder
-        self.add_ema("generator")
+        self.backbone, self.diffusion, self.autoencoder = backbone, diffusion, autoencoder
+        self.add_ema("backbone")
 
 
 def generator_config(size: int = 8, channels: int = 3, num_classes: int = 0, window: int = 3) -> dict:
@@ -42,8 +42,8 @@ def standin_config(size: int = 8, num_classes: int = 0, data_classes: int | None
     """The stored run config of a stand-in checkpoint: its module and its (synthetic, pixel) data."""
     module = {
         "_target_": "tests.helpers.aapt_standin.StandInAAPT",
-        "generator": generator_config(size, 3, num_classes),
-        "objective": {"_target_": "diffusion.FlowMatching"},
+        "backbone": generator_config(size, 3, num_classes),
+        "diffusion": {"_target_": "diffusion.FlowMatching"},
         "autoencoder": {"_target_": "backbones.IdentityAutoencoder", "latent_channels": 3, "downsample": 1},
     }
     data = {
@@ -63,7 +63,7 @@ def perturbed(module: StandInAAPT, seed: int = 0) -> StandInAAPT:
     """The module with its zero-initialised weights (adaLN-Zero, output layer) made random, EMA = live."""
     torch.manual_seed(seed)
     with torch.no_grad():
-        for param in module.generator.parameters():
+        for param in module.backbone.parameters():
             if param.requires_grad and not param.any():
                 param.normal_(std=0.05)
     module.reset_ema()
