@@ -17,7 +17,13 @@ from diffusion import (
     shift_time,
 )
 from tests.conftest import TINY, compose_train
-from tests.test_diffusion import gaussian_data_model, label_model, oracle_model, reference_linear_schedule
+from tests.test_diffusion import (
+    gaussian_data_model,
+    label_model,
+    oracle_model,
+    reference_linear_schedule,
+    x0_model_of,
+)
 
 #################################################################################
 #                                  Helpers                                      #
@@ -285,6 +291,18 @@ def test_dpm_solver_with_the_exact_eps_lands_on_the_gaussian_data_in_20_steps():
     )
     assert samples.mean().item() == pytest.approx(mu, abs=0.01)
     assert samples.std().item() == pytest.approx(std, rel=0.03)
+
+
+def test_dpm_solver_with_an_x0_model_matches_the_eps_model_it_implies():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, 4)
+    eps_model = gaussian_data_model(0.5, 0.3)
+    sampler = DPMSolverSampler(num_steps=10)
+    expected = sampler(eps_model, GaussianDiffusion(learn_sigma=False), x.shape, noise=x)
+    found = sampler(
+        x0_model_of(eps_model), GaussianDiffusion(learn_sigma=False, prediction="x0"), x.shape, noise=x
+    )
+    torch.testing.assert_close(found, expected, atol=1e-3, rtol=1e-3)  # float32: x0 at abar ~ 4e-5
 
 
 #################################################################################
