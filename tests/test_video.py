@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.video import to_uint8, video_grid, write_gif, write_mp4
+from utils.video import grid_videos, read_gif, to_uint8, video_grid, write_gif, write_mp4
 
 
 def test_to_uint8_rounds_like_the_latte_reference():
@@ -32,3 +32,12 @@ def test_mp4_and_gif_decode_to_the_written_frames(tmp_path):
     assert np.abs(np.stack(mp4).astype(int) - frames).mean() < 10, "lossy, but the same video"
     gif = Image.open(write_gif(tmp_path / "v.gif", frames, fps=8))
     assert gif.n_frames == 6 and abs(gif.info["duration"] - 1000 / 8) <= 10  # gif stores 10 ms units
+
+
+def test_a_gif_grid_reads_back_into_its_videos(tmp_path):
+    videos = torch.rand(3, 4, 3, 6, 5) * 2 - 1  # 3 videos: 2 columns, 2 rows with one empty tile
+    grid = video_grid(videos, pad=2)
+    assert np.array_equal(grid_videos(grid, 3), to_uint8(videos).permute(0, 1, 3, 4, 2).numpy())
+    frames = read_gif(write_gif(tmp_path / "grid.gif", grid))
+    assert frames.shape == grid.shape and frames.dtype == np.uint8
+    assert np.abs(frames.astype(int) - grid).mean() < 8, "the gif's 256-colour palette is close to the frames"
