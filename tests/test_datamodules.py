@@ -12,7 +12,12 @@ from torch.utils.data import Dataset
 
 from datamodules.synthetic import SHAPES, SyntheticVideos, bounce, coverage, render_clip, signed_distance
 from datamodules.video import VideoDataModule, WithImageFrames, collate_clips
-from tests.helpers.sample_checks import motion_concentration, palette_distance, shape_frames
+from tests.helpers.sample_checks import (
+    looks_like_the_data,
+    motion_concentration,
+    palette_distance,
+    shape_frames,
+)
 
 #################################################################################
 #                               SyntheticVideos                                 #
@@ -149,6 +154,12 @@ def test_easy_synthetic_has_one_bigger_shape_on_shared_palettes_and_passes_the_s
     assert min(shape_frames(clip) for clip in clips) == 1 and max(shape_frames(video) for video in noise) == 0
     assert min(motion_concentration(clip) for clip in clips) > 0.5
     assert max(motion_concentration(video) for video in noise) < 0.25
+    # The quickstart's criterion on 4 videos: every 4 clips pass it, noise and flat palettes fail it.
+    palettes = train.palettes.numpy()
+    assert all(looks_like_the_data(clips[i : i + 4], palettes)[0] for i in (0, 4))
+    assert not looks_like_the_data(noise[:4], palettes)[0]
+    flat = np.broadcast_to(palettes[:, :1, None, None], (4, 8, 32, 32, 3))  # right colours, no shape
+    assert not looks_like_the_data(flat, palettes)[0]
 
 
 #################################################################################

@@ -421,13 +421,14 @@ def test_train_py_with_flow_matching_and_euler_trains_and_samples_guided_videos(
 
 def test_the_issue_command_trains_a_causal_rope_latte_with_flow_matching_and_samples_with_euler(tmp_path):
     """`python train.py diffusion=flow_matching backbone.temporal_mask=causal backbone.temporal_pos=rope`: the
-    quickstart's sampler follows the objective (sampler=ode_${diffusion}), so its videos come from Euler."""
+    quickstart's sampler follows the objective (quickstart_${diffusion}), so its videos come from Euler."""
     from utils.run import train
 
     command = ["diffusion=flow_matching", "backbone.temporal_mask=causal", "backbone.temporal_pos=rope"]
     cfg = compose_train(tmp_path, [*command, *TINY])
     assert cfg.sampler._target_ == "diffusion.EulerSampler"
     assert compose_train(tmp_path, TINY).sampler.method == "ddim", "Gaussian diffusion keeps DDIM"
+    assert compose_train(tmp_path, [*TINY, "diffusion=latte"]).sampler.eta == 0, "Latte's: the ODE"
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and "train/loss_vlb" not in metrics
     assert (tmp_path / "run" / "samples" / "step_0000004.mp4").is_file()
