@@ -1,5 +1,9 @@
 """Video writing: the reference uint8 rounding, grid layout, and mp4/gif files that decode back."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import imageio.v2 as imageio
 import numpy as np
 import torch
@@ -41,3 +45,24 @@ def test_a_gif_grid_reads_back_into_its_videos(tmp_path):
     frames = read_gif(write_gif(tmp_path / "grid.gif", grid))
     assert frames.shape == grid.shape and frames.dtype == np.uint8
     assert np.abs(frames.astype(int) - grid).mean() < 8, "the gif's 256-colour palette is close to the frames"
+
+
+def test_quickstart_strip_draws_the_newest_samples_of_a_run_one_row_per_video(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("callbacks:\n  video_sampler:\n    num_videos: 3\n")
+    frames = torch.linspace(0, 0.2, 6).view(1, 6, 1, 1, 1).expand(3, 6, 3, 5, 5)  # 6 distinct frames
+    for step, offset in ((600, -1.0), (1200, 0.8)):  # the older grid dark, the newest near white
+        write_gif(run / "samples" / f"step_{step:07d}.gif", video_grid(frames + offset))
+    out = tmp_path / "strip.png"
+    script = Path(__file__).resolve().parents[1] / "bench" / "quickstart_strip.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(run), "--out", str(out), "--frames", "4", "--scale", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    strip = np.asarray(Image.open(out).convert("RGB"))
+    assert strip.shape == (3 * (10 + 2) + 2, 4 * (10 + 2) + 2, 3), "3 rows of 4 frames, 5 px upscaled 2x"
+    assert strip.min() > 220, "the newest grid (near white), not the older one"
