@@ -2,11 +2,12 @@
 Synthetic videos generated in memory: moving, coloured shapes on drifting textured backgrounds.
 
 Needs no download, so it is the quickstart and test dataset. Each clip is a pure function of
-(seed, split, index): a smooth sinusoidal background texture in a random two-colour scheme, and 1-3 shapes
-of ONE type (circle, square, triangle or ring; the type is the class label) with random colours, sizes,
-rotation and linear motion that bounces off the frame borders. Shapes are drawn from signed distance fields
-with a one-pixel linear ramp, which anti-aliases their edges. Clips are `f c h w` float32 in [-1, 1], like
-every dataset behind `VideoDataModule`.
+(seed, split, index): a smooth sinusoidal background texture in a random two-colour scheme (its palette), and
+1-3 shapes of ONE type (circle, square, triangle or ring; the type is the class label) with random colours,
+sizes, rotation and linear motion that bounces off the frame borders. The CPU quickstart makes it easier:
+one bigger shape per clip and 4 palettes shared by all clips (`max_shapes`, `shape_sizes`, `num_palettes`).
+Shapes are drawn from signed distance fields with a one-pixel linear ramp, which anti-aliases their edges.
+Clips are `f c h w` float32 in [-1, 1], like every dataset behind `VideoDataModule`.
 """
 
 import hashlib
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 SHAPES = ("circle", "square", "triangle", "ring")
 SPLITS = ("train", "val", "test")
 MAX_SHAPES = 3
+SHAPE_SIZES = (0.08, 0.16)  # default range of shape radii, in image units
 EXTENT = 1.4  # the farthest any shape reaches from its centre, in radii (the triangle's circumradius)
 BACKGROUND_WAVES = 3
 
@@ -66,11 +68,30 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     return v[..., None] * (1 - s[..., None] * ramp)  # (..., 3)
 
 
-def draw_recipe(generator: torch.Generator, num_shape_types: int) -> ClipRecipe:
-    """Draw one clip's recipe; every call consumes the same amount of randomness, so streams stay aligned."""
+def draw_palettes(seed: int, num_palettes: int) -> torch.Tensor:
+    """(num_palettes, 2, 3) RGB background colour pairs for clips to share: muted, hues evenly spread."""
+    generator = clip_generator(seed, "palettes", 0)
+    hue = (torch.arange(num_palettes) + uniform(0, 1, 1, generator)) / num_palettes  # (k,) one hue each
+    hue = hue[:, None] + uniform(-0.04, 0.04, (num_palettes, 2), generator)  # (k, 2) the ramp's two ends
+    saturation = uniform(0.45, 0.8, (num_palettes, 2), generator)
+    value = uniform(0.25, 0.55, (num_palettes, 2), generator)  # as dark as clips' own colours
+    return hsv_to_rgb(torch.stack([hue % 1, saturation, value], dim=-1))  # (k, 2, 3)
+
+
+def draw_recipe(
+    generator: torch.Generator,
+    num_shape_types: int,
+    max_shapes: int = MAX_SHAPES,
+    shape_sizes: tuple[float, float] = SHAPE_SIZES,
+    palettes: torch.Tensor | None = None,
+) -> ClipRecipe:
+    """Draw one clip's recipe; every call consumes the same amount of randomness, so streams stay aligned.
+
+    ``palettes`` (k, 2, 3): the background colours are one of these, picked by one draw after all others.
+    """
     shape = int(torch.randint(num_shape_types, (1,), generator=generator))
-    count = int(torch.randint(1, MAX_SHAPES + 1, (1,), generator=generator))
-    sizes = uniform(0.08, 0.16, MAX_SHAPES, generator)
+    count = int(torch.randint(1, max_shapes + 1, (1,), generator=generator))
+    sizes = uniform(*shape_sizes, MAX_SHAPES, generator)
     margin = EXTENT * sizes[:, None]  # keeps even the triangle's corners inside the frame
     centers = margin + (1 - 2 * margin) * torch.rand(MAX_SHAPES, 2, generator=generator)
     heading = uniform(0, 2 * math.pi, MAX_SHAPES, generator)
@@ -84,6 +105,10 @@ def draw_recipe(generator: torch.Generator, num_shape_types: int) -> ClipRecipe:
     wave_direction = uniform(0, 2 * math.pi, BACKGROUND_WAVES, generator)
     wave_frequency = uniform(0.5, 2.5, BACKGROUND_WAVES, generator)
     wave_vectors = wave_frequency[:, None] * torch.stack([wave_direction.cos(), wave_direction.sin()], dim=-1)
+    wave_phases = uniform(0, 2 * math.pi, BACKGROUND_WAVES, generator)
+    wave_drifts = uniform(-0.3, 0.3, BACKGROUND_WAVES, generator)
+    if palettes is not None:
+        background_colors = palettes[int(torch.randint(len(palettes), (1,), generator=generator))]
     return ClipRecipe(
         shape=shape,
         centers=centers[:count],
@@ -94,8 +119,8 @@ def draw_recipe(generator: torch.Generator, num_shape_types: int) -> ClipRecipe:
         colors=hsv_to_rgb(hsv)[:count],
         background_colors=background_colors,
         wave_vectors=wave_vectors,
-        wave_phases=uniform(0, 2 * math.pi, BACKGROUND_WAVES, generator),
-        wave_drifts=uniform(-0.3, 0.3, BACKGROUND_WAVES, generator),
+        wave_phases=wave_phases,
+        wave_drifts=wave_drifts,
     )
 
 
@@ -191,8 +216,15 @@ class SyntheticVideos(Dataset):
         num_classes: int = 0,
         num_videos: int = 1024,
         seed: int = 0,
+        max_shapes: int = MAX_SHAPES,
+        shape_sizes: tuple[float, float] = SHAPE_SIZES,
+        num_palettes: int = 0,
     ):
-        """num_classes=0: unconditional (all 4 shape types, no label); 1..4: the first num_classes types."""
+        """num_classes=0: unconditional (all 4 shape types, no label); 1..4: the first num_classes types.
+
+        max_shapes: 1..3 shapes per clip; shape_sizes: (min, max) shape radius in image units; num_palettes:
+        0 gives every clip its own background colours, k > 0 draws them from k palettes shared by all splits.
+        """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
         if not isinstance(num_frames, int) or num_frames < 1:
@@ -206,12 +238,27 @@ class SyntheticVideos(Dataset):
             )
         if not isinstance(num_videos, int) or num_videos < 0:
             raise ValueError(f"num_videos must be an int >= 0, got {num_videos!r}.")
+        if not isinstance(max_shapes, int) or not 1 <= max_shapes <= MAX_SHAPES:
+            raise ValueError(f"max_shapes must be an int in [1, {MAX_SHAPES}], got {max_shapes!r}.")
+        low, high = (float(size) for size in shape_sizes)
+        if not 0 < low <= high < 0.5 / EXTENT:  # a shape's far corner must stay inside the frame
+            raise ValueError(
+                f"shape_sizes must be (min, max) radii with 0 < min <= max < {0.5 / EXTENT:.3f}, "
+                f"got {tuple(shape_sizes)!r}."
+            )
+        if not isinstance(num_palettes, int) or num_palettes < 0:
+            raise ValueError(
+                f"num_palettes must be an int >= 0 (0: one palette per clip), got {num_palettes!r}."
+            )
         self.split = split
         self.num_frames = num_frames
         self.resolution = resolution
         self.num_classes = num_classes
         self.num_videos = num_videos
         self.seed = seed
+        self.max_shapes = max_shapes
+        self.shape_sizes = (low, high)
+        self.palettes = draw_palettes(seed, num_palettes) if num_palettes else None
 
     def __len__(self) -> int:
         """Number of clips in this split."""
@@ -223,7 +270,9 @@ class SyntheticVideos(Dataset):
         if not 0 <= index < self.num_videos:
             raise IndexError(f"index {index} out of range for {self.num_videos} synthetic videos.")
         generator = clip_generator(self.seed, self.split, index)
-        return draw_recipe(generator, self.num_classes or len(SHAPES))
+        return draw_recipe(
+            generator, self.num_classes or len(SHAPES), self.max_shapes, self.shape_sizes, self.palettes
+        )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Return {"video": (f, 3, r, r) float32 in [-1, 1]} plus {"label": int64 scalar} when conditional."""

@@ -7,8 +7,10 @@ a learned-range variance (LEARNED_RANGE) when the model outputs ``2c`` channels,
 before calling the model. The channel axis is dim 2 because videos are ``b f c h w`` (frames before channels).
 
 A ``model`` is any callable ``model(x, t, **model_kwargs)`` taking ``x`` of shape ``b f c h w`` and ``t`` a
-LongTensor ``(b,)`` of original timesteps, and returning ``b f c_out h w`` with ``c_out = 2c`` (eps, then
-variance values) when ``learn_sigma`` and ``c_out = c`` (eps) otherwise.
+LongTensor ``(b,)`` of original timesteps, and returning ``b f c_out h w`` with ``c_out = 2c`` (prediction,
+then variance values) when ``learn_sigma`` and ``c_out = c`` (prediction) otherwise. The prediction is eps
+(``prediction="epsilon"``, Latte's) or, as an option outside Latte, the clean x0 (``prediction="x0"``, loss
+MSE(x0)): a small model trained briefly on pixels makes blurry x0 guesses where its eps guesses leave noise.
 
 ``GaussianDiffusion`` implements the objective interface (``diffusion/objective.py``): its times are
 integer indices into its (respaced) grid, ``-1`` standing for the clean latents where ``step`` may jump to.
@@ -137,7 +139,9 @@ def space_timesteps(num_timesteps: int, section_counts: Respacing) -> list[int]:
 
 
 class GaussianDiffusion(Objective):
-    """Epsilon-prediction Gaussian diffusion on ``b f c h w`` latents, optionally respaced to fewer steps."""
+    """Gaussian diffusion on ``b f c h w`` latents (eps or x0 prediction), optionally respaced."""
+
+    PREDICTIONS = ("epsilon", "x0")
 
     def __init__(
         self,
@@ -147,14 +151,20 @@ class GaussianDiffusion(Objective):
         beta_end: float = 0.02,
         learn_sigma: bool = True,
         timestep_respacing: Respacing = "",
+        prediction: str = "epsilon",
     ):
         assert num_timesteps >= 2, "num_timesteps must be at least 2"
+        if prediction not in self.PREDICTIONS:
+            raise ValueError(
+                f"diffusion.prediction={prediction!r} is unknown; expected one of {self.PREDICTIONS}"
+            )
         self.base_num_timesteps = num_timesteps
         self.beta_schedule = beta_schedule
         self.beta_start = beta_start
         self.beta_end = beta_end
         self.learn_sigma = learn_sigma
         self.timestep_respacing = timestep_respacing
+        self.prediction = prediction
 
         base_betas = get_beta_schedule(beta_schedule, num_timesteps, beta_start, beta_end)
         base_alphas_cumprod = np.cumprod(1.0 - base_betas)
@@ -194,7 +204,7 @@ class GaussianDiffusion(Objective):
     def __repr__(self) -> str:
         return (
             f"GaussianDiffusion({self.beta_schedule}, T={self.base_num_timesteps}, "
-            f"steps={self.num_timesteps}, learn_sigma={self.learn_sigma})"
+            f"steps={self.num_timesteps}, learn_sigma={self.learn_sigma}, prediction={self.prediction})"
         )
 
     def respace(self, section_counts: Respacing) -> "GaussianDiffusion":
@@ -206,6 +216,7 @@ class GaussianDiffusion(Objective):
             beta_end=self.beta_end,
             learn_sigma=self.learn_sigma,
             timestep_respacing=section_counts,
+            prediction=self.prediction,
         )
 
     @staticmethod
@@ -280,10 +291,10 @@ class GaussianDiffusion(Objective):
         if self.learn_sigma:
             expected = (b, f, 2 * c, *x.shape[3:])
             assert model_output.shape == expected, (
-                f"learn_sigma=True needs a model output of eps then variance (b, f, 2c, h, w) = {expected}, "
-                f"got {tuple(model_output.shape)}"
+                f"learn_sigma=True needs a model output of prediction then variance (b, f, 2c, h, w) = "
+                f"{expected}, got {tuple(model_output.shape)}"
             )
-            eps, v = model_output.split(c, dim=2)  # (b, f, c, h, w) each
+            out, v = model_output.split(c, dim=2)  # (b, f, c, h, w) each
             min_log = self._extract(self.posterior_log_variance_clipped, t, x)
             max_log = self._extract(self.log_betas, t, x)
             frac = (v + 1) / 2  # v in [-1, 1] interpolates between beta_tilde_t and beta_t (log space)
@@ -291,18 +302,18 @@ class GaussianDiffusion(Objective):
             variance = torch.exp(log_variance)
         else:
             assert model_output.shape == x.shape, (
-                f"learn_sigma=False needs the model to output eps of the input's shape {tuple(x.shape)}, "
+                f"learn_sigma=False needs a model prediction of the input's shape {tuple(x.shape)}, "
                 f"got {tuple(model_output.shape)}"
             )
-            eps = model_output
+            out = model_output
             variance = self._extract(self.fixed_large_variance, t, x).expand_as(x)
             log_variance = torch.log(variance)
-        pred_xstart = self.to_x0(eps, x, t)
+        pred_xstart = self.to_x0(out, x, t)
+        eps = out
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
-            eps = (self._extract(self.sqrt_recip_alphas_cumprod, t, x) * x - pred_xstart) / self._extract(
-                self.sqrt_recipm1_alphas_cumprod, t, x
-            )
+        if clip_denoised or self.prediction == "x0":
+            eps = self.to_eps(pred_xstart, x, t)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
         return {
             "mean": mean,
@@ -313,11 +324,19 @@ class GaussianDiffusion(Objective):
         }
 
     def to_x0(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), eps the first c channels of ``model_output``."""
-        eps = model_output[:, :, : x_t.shape[2]]  # (b, f, c, h, w): without the variance channels
+        """The x0 that the first c channels predict: x0 itself, or (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+        out = model_output[:, :, : x_t.shape[2]]  # (b, f, c, h, w): without the variance channels
+        if self.prediction == "x0":
+            return out
         return (
             self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * out
+        )
+
+    def to_eps(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The eps that x_t and a clean ``x0`` imply: (x_t / sqrt(abar_t) - x0) / sqrt(1 / abar_t - 1)."""
+        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
 
     def p_mean_variance(
@@ -346,24 +365,25 @@ class GaussianDiffusion(Objective):
         noise_prior: NoisePrior | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-sample ``loss = mse + vb`` (shape (b,)): MSE on eps plus the VLB in bits with eps detached.
+        """Per-sample ``loss = mse + vb`` (b,): MSE of the prediction, VLB in bits (prediction detached).
 
-        Also returns the predicted eps (``output``, without variance channels), its ``target`` (the noise) and
-        ``x_t``, each ``b f c h w``.
+        Also returns the prediction (``output``, eps or x0, without variance channels), its ``target`` (the
+        noise or x0) and ``x_t``, each ``b f c h w``.
         """
         if noise is None:
             noise = draw_noise(x0.shape, noise_prior, generator, x0.device, x0.dtype)
         x_t = self.q_sample(x0, t, noise)
         model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         c = x0.shape[2]
-        eps = model_output[:, :, :c]  # (b, f, c, h, w)
-        mse = mean_flat((noise - eps) ** 2)
-        tensors = {"output": eps, "target": noise, "x_t": x_t}
+        prediction = model_output[:, :, :c]  # (b, f, c, h, w)
+        target = x0 if self.prediction == "x0" else noise
+        mse = mean_flat((target - prediction) ** 2)
+        tensors = {"output": prediction, "target": target, "x_t": x_t}
         if not self.learn_sigma:
             vb = torch.zeros_like(mse)
             return {"loss": mse, "mse": mse, "vb": vb, **tensors}
-        # important! The VLB only trains the variance channels: eps is detached here.
-        frozen_output = torch.cat([eps.detach(), model_output[:, :, c:]], dim=2)
+        # important! The VLB only trains the variance channels: the prediction is detached here.
+        frozen_output = torch.cat([prediction.detach(), model_output[:, :, c:]], dim=2)
         vb = self._vb_terms_bpd(frozen_output, x0, x_t, t)
         return {"loss": mse + vb, "mse": mse, "vb": vb, **tensors}
 

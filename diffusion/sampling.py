@@ -303,7 +303,7 @@ class Sampler(SamplerBase):
 
 
 class DPMSolverSampler(SamplerBase):
-    """DPM-Solver++(2M) for eps-prediction in 10-25 steps: diffusers' multistep scheduler on our schedule.
+    """DPM-Solver++(2M) in 10-25 steps (eps or x0 prediction): diffusers' multistep scheduler, our schedule.
 
     Its ``num_steps`` noise levels are uniform in log-SNR from timestep T-1 to 0 (``use_lu_lambdas``, the
     spacing Lu et al. recommend), the model seeing each level's timestep rounded; the last step goes from
@@ -337,7 +337,7 @@ class DPMSolverSampler(SamplerBase):
             num_train_timesteps=base.num_timesteps,
             trained_betas=base.betas.numpy(),
             solver_order=2,
-            prediction_type="epsilon",
+            prediction_type={"epsilon": "epsilon", "x0": "sample"}[objective.prediction],
             algorithm_type="dpmsolver++",
             solver_type="midpoint",
             lower_order_final=True,  # first order on the last step, which lands on sigma = 0
@@ -353,8 +353,8 @@ class DPMSolverSampler(SamplerBase):
         c = x.shape[2]
         for timestep in tqdm(scheduler.timesteps, disable=not self.progress, desc="sampling"):
             t = timestep.expand(x.shape[0])  # (b,) original timesteps
-            eps = model(x, t, **model_kwargs)[:, :, :c].to(x.dtype)  # (b, f, c, h, w): no variance channels
-            x = scheduler.step(eps, timestep, x).prev_sample  # (b, f, c, h, w)
+            out = model(x, t, **model_kwargs)[:, :, :c].to(x.dtype)  # (b, f, c, h, w): eps or x0, no variance
+            x = scheduler.step(out, timestep, x).prev_sample  # (b, f, c, h, w)
         return x
 
 

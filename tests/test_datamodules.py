@@ -5,12 +5,19 @@ import math
 import time
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from datamodules.synthetic import SHAPES, SyntheticVideos, bounce, coverage, render_clip, signed_distance
 from datamodules.video import VideoDataModule, WithImageFrames, collate_clips
+from tests.helpers.sample_checks import (
+    looks_like_the_data,
+    motion_concentration,
+    palette_distance,
+    shape_frames,
+)
 
 #################################################################################
 #                               SyntheticVideos                                 #
@@ -120,9 +127,39 @@ def test_synthetic_rejects_bad_arguments():
         ({"num_frames": 0}, "num_frames"),
         ({"resolution": 4}, "resolution"),
         ({"num_videos": -1}, "num_videos"),
+        ({"max_shapes": 4}, "max_shapes"),
+        ({"shape_sizes": (0.2, 0.1)}, "shape_sizes"),
+        ({"shape_sizes": (0.1, 0.4)}, "shape_sizes"),  # a triangle's corner would leave the frame
+        ({"num_palettes": -1}, "num_palettes"),
     ]:
         with pytest.raises(ValueError, match=name):
             SyntheticVideos(**kwargs)
+
+
+def test_easy_synthetic_has_one_bigger_shape_on_shared_palettes_and_passes_the_sample_checks():
+    easy = dict(num_frames=8, resolution=32, max_shapes=1, shape_sizes=(0.18, 0.3), num_palettes=4)
+    train, val = SyntheticVideos("train", **easy), SyntheticVideos("val", **easy)
+    recipes = [dataset.recipe(i) for dataset in (train, val) for i in range(40)]
+    assert {len(recipe.sizes) for recipe in recipes} == {1}
+    assert all(0.18 <= float(recipe.sizes[0]) <= 0.3 for recipe in recipes)
+    palettes = {tuple(recipe.background_colors.flatten().tolist()) for recipe in recipes}
+    assert palettes == {tuple(p.flatten().tolist()) for p in train.palettes}, (
+        "4 palettes, shared by the splits"
+    )
+    # The quickstart test's checks of its samples (tests/helpers/sample_checks.py) pass on the data itself.
+    clips = np.stack([train[i]["video"].permute(0, 2, 3, 1).numpy() * 0.5 + 0.5 for i in range(8)])
+    noise = np.random.default_rng(0).random(clips.shape)
+    assert max(palette_distance(clip, train.palettes.numpy()) for clip in clips) < 0.02
+    assert min(palette_distance(video, train.palettes.numpy()) for video in noise) > 0.2
+    assert min(shape_frames(clip) for clip in clips) == 1 and max(shape_frames(video) for video in noise) == 0
+    assert min(motion_concentration(clip) for clip in clips) > 0.5
+    assert max(motion_concentration(video) for video in noise) < 0.25
+    # The quickstart's criterion on 4 videos: every 4 clips pass it, noise and flat palettes fail it.
+    palettes = train.palettes.numpy()
+    assert all(looks_like_the_data(clips[i : i + 4], palettes)[0] for i in (0, 4))
+    assert not looks_like_the_data(noise[:4], palettes)[0]
+    flat = np.broadcast_to(palettes[:, :1, None, None], (4, 8, 32, 32, 3))  # right colours, no shape
+    assert not looks_like_the_data(flat, palettes)[0]
 
 
 #################################################################################

@@ -260,6 +260,47 @@ def test_training_losses_draw_noise_from_prior():
     torch.testing.assert_close(losses["mse"], (math.sqrt(abar) * x0).pow(2).mean(dim=(1, 2, 3, 4)))
 
 
+def x0_model_of(eps_model):
+    """The x0 model that an eps model implies on Latte's linear schedule (it sees original timesteps)."""
+
+    def x0_model(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        a = torch.from_numpy(reference_linear_schedule()[1])[timesteps].to(x.dtype).view(-1, 1, 1, 1, 1)
+        return (x - (1 - a).sqrt() * eps_model(x, timesteps)) / a.sqrt()
+
+    return x0_model
+
+
+def test_x0_prediction_trains_on_x0_and_gives_the_eps_models_reverse_steps():
+    torch.manual_seed(0)
+    x0, x, known = torch.randn(3, 4, 2, 3, 4, 4).unbind(0)
+    t = torch.tensor([0, 10, 500, 999])
+    for learn_sigma in (True, False):
+        diffusion = GaussianDiffusion(learn_sigma=learn_sigma, prediction="x0")
+        out = torch.cat([known, torch.zeros_like(known)], dim=2) if learn_sigma else known
+        losses = diffusion.training_losses(lambda x, t, out=out: out, x0, t)
+        torch.testing.assert_close(losses["mse"], ((x0 - known) ** 2).mean(dim=(1, 2, 3, 4)))
+        assert torch.equal(losses["target"], x0) and torch.equal(losses["output"], known)
+        assert torch.equal(diffusion.to_x0(out, losses["x_t"], t), known)
+    # An x0 model and the eps model it implies give the same p(x_{t-1} | x_t) and jumps, respaced or not.
+    eps_model = gaussian_data_model(0.5, 0.3)
+    x0_model = x0_model_of(eps_model)
+    for respacing in ("", "25"):
+        eps_diffusion = GaussianDiffusion(learn_sigma=False, timestep_respacing=respacing)
+        x0_diffusion = GaussianDiffusion(learn_sigma=False, timestep_respacing=respacing, prediction="x0")
+        assert x0_diffusion.respace("10").prediction == "x0"
+        steps = torch.tensor([0, 3, 11, 24])
+        expected = eps_diffusion.p_mean_variance(eps_model, x, steps)
+        found = x0_diffusion.p_mean_variance(x0_model, x, steps)
+        for key in ("mean", "pred_xstart", "eps", "variance"):
+            torch.testing.assert_close(found[key], expected[key], atol=1e-4, rtol=1e-4)
+        jump = torch.tensor([-1, 1, 5, 20])
+        torch.testing.assert_close(
+            x0_diffusion.step(x0_model, x, steps, jump), eps_diffusion.step(eps_model, x, steps, jump)
+        )
+    with pytest.raises(ValueError, match="diffusion.prediction='v'"):
+        GaussianDiffusion(prediction="v")
+
+
 #################################################################################
 #                                  Samplers                                     #
 #################################################################################

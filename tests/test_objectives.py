@@ -21,7 +21,13 @@ from diffusion import (
 )
 from diffusion.sampling import PRECISIONS
 from tests.conftest import TINY, compose_train
-from tests.test_diffusion import gaussian_data_model, label_model, oracle_model, reference_linear_schedule
+from tests.test_diffusion import (
+    gaussian_data_model,
+    label_model,
+    oracle_model,
+    reference_linear_schedule,
+    x0_model_of,
+)
 
 #################################################################################
 #                                  Helpers                                      #
@@ -291,6 +297,18 @@ def test_dpm_solver_with_the_exact_eps_lands_on_the_gaussian_data_in_20_steps():
     assert samples.std().item() == pytest.approx(std, rel=0.03)
 
 
+def test_dpm_solver_with_an_x0_model_matches_the_eps_model_it_implies():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, 4)
+    eps_model = gaussian_data_model(0.5, 0.3)
+    sampler = DPMSolverSampler(num_steps=10)
+    expected = sampler(eps_model, GaussianDiffusion(learn_sigma=False), x.shape, noise=x)
+    found = sampler(
+        x0_model_of(eps_model), GaussianDiffusion(learn_sigma=False, prediction="x0"), x.shape, noise=x
+    )
+    torch.testing.assert_close(found, expected, atol=1e-3, rtol=1e-3)  # float32: x0 at abar ~ 4e-5
+
+
 #################################################################################
 #                    CFG, the Noise Prior and Errors on Every Sampler           #
 #################################################################################
@@ -446,13 +464,14 @@ def test_train_py_with_flow_matching_and_euler_trains_and_samples_guided_videos(
 
 def test_the_issue_command_trains_a_causal_rope_latte_with_flow_matching_and_samples_with_euler(tmp_path):
     """`python train.py diffusion=flow_matching backbone.temporal_mask=causal backbone.temporal_pos=rope`: the
-    quickstart's sampler follows the objective (sampler=ode_${diffusion}), so its videos come from Euler."""
+    quickstart's sampler follows the objective (quickstart_${diffusion}), so its videos come from Euler."""
     from utils.run import train
 
     command = ["diffusion=flow_matching", "backbone.temporal_mask=causal", "backbone.temporal_pos=rope"]
     cfg = compose_train(tmp_path, [*command, *TINY])
     assert cfg.sampler._target_ == "diffusion.EulerSampler"
     assert compose_train(tmp_path, TINY).sampler.method == "ddim", "Gaussian diffusion keeps DDIM"
+    assert compose_train(tmp_path, [*TINY, "diffusion=latte"]).sampler.eta == 0, "Latte's: the ODE"
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"]) and "train/loss_vlb" not in metrics
     assert (tmp_path / "run" / "samples" / "step_0000004.mp4").is_file()

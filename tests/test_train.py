@@ -9,14 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.errors import InstantiationException
+from omegaconf import OmegaConf
 
+from datamodules.synthetic import draw_palettes
 from tests.conftest import ROOT, TINY, compose_train
 from tests.helpers.probes import StartProbe
+from tests.helpers.sample_checks import looks_like_the_data
 from tests.helpers.wandb_offline import logged_config, logged_history
 from utils.run import train
+from utils.video import grid_videos, read_gif
 
 
 def _run(script: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -45,8 +50,12 @@ def _load(path: Path) -> dict:
 #################################################################################
 
 
+QUICKSTART_STEPS = 1200
+
+
 @pytest.mark.slow
 def test_quickstart_trains_in_three_minutes_and_halves_its_loss(tmp_path):
+    """... and its final samples show the data: background palettes and shapes that move (README's image)."""
     start = time.perf_counter()
     result = _run("train.py", cwd=tmp_path, timeout=400)
     elapsed = time.perf_counter() - start
@@ -55,9 +64,9 @@ def test_quickstart_trains_in_three_minutes_and_halves_its_loss(tmp_path):
     (run,) = (tmp_path / "logs" / "quickstart" / "runs").iterdir()
 
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert (run / "checkpoints" / "step_0000300.ckpt").is_file()
-    assert (run / "samples" / "step_0000300.mp4").stat().st_size > 1000
-    assert (run / "samples" / "step_0000300.gif").stat().st_size > 1000
+    assert (run / "checkpoints" / f"step_{QUICKSTART_STEPS:07d}.ckpt").is_file()
+    assert (run / "samples" / f"step_{QUICKSTART_STEPS:07d}.mp4").stat().st_size > 1000
+    assert (run / "samples" / f"step_{QUICKSTART_STEPS:07d}.gif").stat().st_size > 1000
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert "wandb sync" in result.stdout + result.stderr, "offline wandb must say how to sync"
 
@@ -70,9 +79,19 @@ def test_quickstart_trains_in_three_minutes_and_halves_its_loss(tmp_path):
         assert key in history, f"wandb run lacks {key}: {sorted(history)}"
 
     checkpoint = _load(run / "checkpoints" / "last.ckpt")
-    assert checkpoint["global_step"] == 300
+    assert checkpoint["global_step"] == QUICKSTART_STEPS
     assert not any(k.startswith("autoencoder.") for k in checkpoint["state_dict"])
     assert any(k.startswith("ema.") for k in checkpoint["state_dict"])
+
+    # The 4 final samples, as the user sees them, against the data's palettes; uniform noise as the control.
+    grid = read_gif(run / "samples" / f"step_{QUICKSTART_STEPS:07d}.gif")
+    samples = grid_videos(grid, num_videos=4) / 255.0  # (4, f, h, w, 3)
+    data = OmegaConf.load(run / ".hydra" / "config.yaml").data.dataset
+    palettes = draw_palettes(data.seed, data.num_palettes).numpy()
+    passed, found = looks_like_the_data(samples, palettes)
+    assert passed, f"the final samples do not show the data's palettes and moving shapes: {found}"
+    noise_passed, noise = looks_like_the_data(np.random.default_rng(0).random(samples.shape), palettes)
+    assert not noise_passed and noise["on_a_palette"] == noise["with_a_shape"] == 0, noise
 
     sampled = _run(
         "sample.py", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "num_videos=2", cwd=tmp_path

@@ -1,4 +1,4 @@
-"""Writing videos: ``b f c h w`` tensors in [-1, 1] to uint8 frames, grids, mp4 and gif files."""
+"""Writing videos: ``b f c h w`` tensors in [-1, 1] to uint8 frames, grids, mp4 and gif files (and back)."""
 
 import importlib.util
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageSequence
 
 
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,29 @@ def video_grid(videos: torch.Tensor, nrow: int | None = None, pad: int = 2) -> n
         top, left = pad + row * (h + pad), pad + col * (w + pad)
         canvas[:, :, top : top + h, left : left + w] = frames[i]
     return rearrange(canvas, "f c h w -> f h w c").numpy()
+
+
+def grid_videos(frames: np.ndarray, num_videos: int, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Cut ``f H W 3`` frames of a ``video_grid`` of ``num_videos`` back into ``n f h w 3`` videos."""
+    nrow = nrow or math.ceil(math.sqrt(num_videos))
+    ncol = math.ceil(num_videos / nrow)
+    height, width = frames.shape[1:3]
+    h, w = (height - pad) // ncol - pad, (width - pad) // nrow - pad
+    assert (ncol * (h + pad) + pad, nrow * (w + pad) + pad) == (height, width), (
+        f"{height}x{width} frames are not a grid of {num_videos} videos in {nrow} columns with padding {pad}"
+    )
+    videos = []
+    for i in range(num_videos):
+        row, col = divmod(i, nrow)
+        top, left = pad + row * (h + pad), pad + col * (w + pad)
+        videos.append(frames[:, top : top + h, left : left + w])
+    return np.stack(videos)
+
+
+def read_gif(path: str | Path) -> np.ndarray:
+    """Read a gif (e.g. from ``write_gif``) as ``f h w 3`` uint8 RGB frames."""
+    with Image.open(path) as image:
+        return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
