@@ -22,10 +22,11 @@ from lightning_modules.gan_losses import (
 from lightning_modules.init import from_checkpoint, in_order
 from tests.conftest import TINY, compose_train
 from tests.helpers.probes import EndProbe, StartProbe
-from tests.test_latte_causal import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from tests.test_module_base import assert_same_optimizer_states, last_checkpoint
 from tests.test_readme import _readme_block, _run_script
 from utils.run import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # many calls on a few tokens
 
 C, SIZE = 3, 8  # latent channels and side of the tiny models
 NEXT_FRAME = dict(size="tiny", patch_size=4, input_size=SIZE, in_channels=2 * C, out_channels=C, num_frames=4)
