@@ -4,8 +4,8 @@ AAPT (Lin et al. 2025, §2.2) gives the discriminator the generator's block-caus
 output projection layers" that output one logit per frame, initialised from the diffusion-adaptation
 weights. The head is APT's (arXiv 2501.08316, §3): after blocks at 16/36, 26/36 and 36/36 of the depth, a
 cross-attention whose one learnable query attends to the visual tokens; the outputs are concatenated,
-normalised and projected to a logit. Applied per frame (our reading, methods.md §3.11): frame k's query sees
-only frame k's tokens, and the causal trunk makes logit k depend on frames <= k.
+normalised and projected to a logit. Applied per frame (our reading: AAPT only says "one logit per
+frame"): frame k's query sees only frame k's tokens, and the causal trunk makes logit k depend on frames <= k.
 """
 
 from collections.abc import Sequence

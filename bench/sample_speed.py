@@ -5,7 +5,7 @@ sample.py did before `sampler.precision`), bf16 autocast, the weights cast once 
 `sampler.precision` path), and the cast model compiled (`sampler.compile=true`). Seconds per video for a
 sampler follow as steps x forward time / batch; one DPM-Solver++ run end to end checks the extrapolation.
 For reference, the official Latte sampler in fp16 measured 113 ms per forward at batch 8 on an H100 (3.6 s
-per 250-step DDPM video; ../shared/references/performance.md).
+per 250-step DDPM video, measured for issue #14).
 
     python bench/sample_speed.py                        # on a GPU; prints one table, writes JSON
     python bench/sample_speed.py --size tiny --input-size 8 --frames 4 --batches 2 --no-compile  # CPU smoke

@@ -21,12 +21,12 @@ that keeps the first frame, a KV cache) and flow matching. Every stage reads cli
    R3GAN's relativistic loss with APT's approximate R1 + R2 (``lightning_modules.gan_losses``); long videos
    one segment at a time.
 
-From the paper (methods.md §3): the channel concatenation of the previous frame, the shift s = 24 of
+From the paper (§2.1-2.2, App. B): the channel concatenation of the previous frame, the shift s = 24 of
 U(0, 1) flow-matching times, one timestep per clip, 32 shifted CD steps without CFG or EMA target, the
 generator at t = 1, the discriminator from the adaptation weights with per-frame logits and unshifted
 t ~ U(0, 1), the detached recycled input with gradients through the KV cache, lambda = 1000 and
 sigma = 0.1, RMSProp alpha = 0.9 at lr 3e-6, segments with a one-frame overlap and the detached cache of the
-previous segment, window 30. Our defaults where the paper is silent (§3.11): random init of the new input
+previous segment, window 30. Our defaults where the paper is silent: random init of the new input
 channels; APT's cross-attention heads at 16/36, 26/36, 36/36 of the depth, applied per frame; logits paired
 by batch index and frame, every loss a mean; sigma as a standard deviation; the same t (and label) in the
 clean and perturbed D passes and for the paired real and generated clip; 1:1 alternation; EMA 0.995 of the
