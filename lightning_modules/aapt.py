@@ -39,9 +39,9 @@ frame. Each module keeps the first latent frames of the first ``keep_first_frame
 i mod n. Stage 1 samples each next frame with the Euler sampler (``sampler``), teacher-forced on the frames
 made so far; stages 2 and 3 with ``rollout`` (one forward per frame).
 
-Step counting (manual optimization): Lightning's ``global_step`` counts every optimizer step, so one GAN
-batch adds 1 + d_steps to it: ``trainer.max_steps`` = (1 + d_steps) x generator updates (2x at 1:1), and
-every step interval of the callbacks counts the same way.
+Step counting (manual optimization): D's updates are stepped ``uncounted`` (lightning_modules/base.py), so
+one GAN batch is one ``global_step``: ``trainer.max_steps`` is the number of generator updates, as the paper
+counts them, and every step interval of the callbacks counts batches.
 """
 
 import copy
@@ -55,7 +55,7 @@ from backbones.discriminators import FrameDiscriminator
 from backbones.latte import Latte, LatteCache
 from diffusion import EulerSampler, FlowMatching, SamplerBase, shift_time
 from diffusion.autoregressive import rollout
-from lightning_modules.base import VideoModule
+from lightning_modules.base import VideoModule, uncounted
 from lightning_modules.gan_losses import (
     approximate_penalty,
     perturb,
@@ -503,7 +503,8 @@ class AAPTGan(AAPTModule):
                     values = {"loss_d": loss, "ar1": ar1, "ar2": ar2, "logits_real": real_logits}
                     for key, value in values.items():
                         logs[key] += value.mean().item() / len(fakes)
-                opt_d.step()
+                with uncounted(opt_d):  # one batch is one global step: G's update counts it
+                    opt_d.step()
         return logs
 
     def training_step(self, batch: dict, batch_idx: int) -> None:

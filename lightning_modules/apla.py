@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion import InversionSampler, Objective, SamplerBase
-from lightning_modules.base import VideoModule
+from lightning_modules.base import VideoModule, uncounted
 from lightning_modules.gan_losses import GAN_LOSSES
 
 ADV_MODES = ("noise", "residual")
@@ -403,15 +403,3 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def uncounted(optimizer) -> Iterator[None]:
-    """Step a LightningOptimizer without counting it in ``global_step`` (Lightning counts every manual step):
-    the discriminator's step, so that one batch is one global step as in automatic optimization."""
-    hooks = optimizer._on_before_step, optimizer._on_after_step
-    optimizer._on_before_step = optimizer._on_after_step = lambda: None
-    try:
-        yield
-    finally:
-        optimizer._on_before_step, optimizer._on_after_step = hooks

@@ -2,7 +2,8 @@
 
 - an EMA copy of one submodule (``add_ema``), updated after each optimizer step in automatic optimization;
   a module with manual optimization (``automatic_optimization = False``, e.g. a generator and a critic)
-  calls ``update_ema()`` itself, right after its generator's ``step()``;
+  calls ``update_ema()`` itself, right after its generator's ``step()``, and steps its critic under
+  ``uncounted(optimizer)``, so that one batch is one ``global_step`` as in automatic optimization;
 - the NaN guard (``check_finite``): a non-finite loss stops the run before the optimizer step, naming the
   step and the last good checkpoint;
 - per-rank reseeding at fit start; every rank's RNG states saved in each checkpoint and restored on resume;
@@ -15,8 +16,9 @@ A subclass that overrides a hook of this file (``on_fit_start``, ``optimizer_ste
 ``on_save_checkpoint``, ``on_load_checkpoint``) calls ``super()`` in it.
 """
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from lightning.pytorch import LightningModule
@@ -24,6 +26,22 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from utils.rng import gather_rng_states, set_rng_states
+
+
+@contextlib.contextmanager
+def uncounted(optimizer) -> Iterator[None]:
+    """Step a LightningOptimizer inside without counting it in ``global_step``: a critic's step.
+
+    Lightning counts every manual ``step()`` of any optimizer in ``global_step``; a GAN module steps its
+    discriminator under this, so one batch is one global step (max_steps = generator updates, and every
+    step interval of the callbacks counts batches), and a resumed run restores the same count.
+    """
+    hooks = optimizer._on_before_step, optimizer._on_after_step  # what advances Lightning's step count
+    optimizer._on_before_step = optimizer._on_after_step = lambda: None
+    try:
+        yield
+    finally:
+        optimizer._on_before_step, optimizer._on_after_step = hooks
 
 
 class VideoModule(LightningModule):

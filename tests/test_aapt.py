@@ -278,14 +278,14 @@ def test_the_distilled_consistency_function_is_the_identity_at_t_zero():
 #                    AAPTGan through train.py: steps and resume                 #
 #################################################################################
 
-# 6 clips in batches of 2: each batch makes one G and one D update, so global_step grows by 2 a batch.
+# 6 clips in batches of 2: each batch makes one G and one (uncounted) D update: one global step a batch.
 AAPT_GAN = [
     *TINY,
     "experiment=aapt_synthetic_gan",
     "init=scratch",
     "data.num_frames=3",
     "data.dataset.num_videos=6",
-    "trainer.max_steps=8",
+    "trainer.max_steps=4",
     "module.keep_first_frames=2",
     "module.segments=2",
 ]
@@ -306,7 +306,7 @@ def aapt_gan_runs(tmp_path_factory) -> dict:
     probes += ["+callbacks.end._target_=tests.helpers.probes.EndProbe"]
     runs = {
         "full": train_gan(root / "full", *probes),
-        "half": train_gan(root / "half", "trainer.max_steps=4"),
+        "half": train_gan(root / "half", "trainer.max_steps=2"),
     }
     half = runs["half"] / "checkpoints" / "last.ckpt"
     runs["resumed"] = train_gan(root / "resumed", *probes, f"ckpt_path={half}")
@@ -316,7 +316,9 @@ def aapt_gan_runs(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_aapt_gan_trains_with_two_optimizers_logs_losses_and_samples_from_kept_first_frames(aapt_gan_runs):
     checkpoint = last_checkpoint(aapt_gan_runs["full"])
-    assert checkpoint["global_step"] == 8 and len(checkpoint["optimizer_states"]) == 2
+    assert checkpoint["global_step"] == 4 and len(checkpoint["optimizer_states"]) == 2
+    updates = [{int(state["step"]) for state in o["state"].values()} for o in checkpoint["optimizer_states"]]
+    assert updates == [{4}, {4}], "4 batches: 4 generator and 4 (uncounted) discriminator updates"
     assert [type(o["param_groups"][0].get("alpha")) for o in checkpoint["optimizer_states"]] == [float] * 2
     module = aapt_gan_runs["modules"][0]
     assert isinstance(module, AAPTGan) and int(module.first_frames.count) == 2
@@ -341,7 +343,7 @@ def test_a_resumed_aapt_gan_restores_both_optimizer_states_and_repeats_the_full_
     fresh, resumed = aapt_gan_runs["starts"]
     assert fresh["step"] == 0 and all(not optimizer["state"] for optimizer in fresh["optim"])
     half = last_checkpoint(aapt_gan_runs["half"])
-    assert resumed["step"] == half["global_step"] == 4
+    assert resumed["step"] == half["global_step"] == 2
     assert_same_optimizer_states(resumed["optim"], half["optimizer_states"])
     full, end = last_checkpoint(aapt_gan_runs["full"]), last_checkpoint(aapt_gan_runs["resumed"])
     different = [k for k, v in full["state_dict"].items() if not torch.equal(v, end["state_dict"][k])]
