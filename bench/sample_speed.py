@@ -23,10 +23,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train_throughput import DEVICE, sync  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 from backbones import Latte  # noqa: E402
 from diffusion import GaussianDiffusion, Sampler  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work (timing reads a host clock)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_calls(call, reps: int) -> float:

@@ -22,11 +22,19 @@ from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from train_throughput import DEVICE, sync  # bench/ is sys.path[0] when run as a script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones import Latte  # noqa: E402
 from diffusion import GaussianDiffusion  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    """Wait for queued GPU work (timing reads a host clock)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 
 # kernel-name pattern -> class, first match wins (cuBLAS/cuDNN/CUTLASS/Triton names on sm90)
 KERNEL_CLASSES = [

@@ -1,0 +1,36 @@
+"""bench/sample_speed.py and bench/train_profile.py run end to end on the CPU at a tiny size."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+TINY_MODEL = ["--size", "tiny", "--input-size", "8", "--frames", "4"]
+
+
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run bench/<script> as a user would, from the repository root."""
+    command = [sys.executable, str(ROOT / "bench" / script), *TINY_MODEL, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_sample_speed_prints_its_table_and_writes_json(tmp_path):
+    out = tmp_path / "sample_speed.json"
+    result = run_bench("sample_speed.py", "--batches", "2", "--no-compile", "--reps", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    names = ["fp32 (before)", "bf16 autocast", "bf16 cast once", "fp16 cast once"]
+    assert [r["config"] for r in rows] == names
+    assert all(r["forward_ms"] > 0 for r in rows) and "ddim20_end_to_end_s_per_video" in rows[2]
+    assert "| bf16 cast once | 2 |" in result.stdout
+
+
+def test_train_profile_times_each_backend_and_writes_json(tmp_path):
+    out = tmp_path / "train_profile.json"
+    args = ["--steps", "1", "--warmup", "1", "--backends", "math", "--json", str(out)]
+    result = run_bench("train_profile.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["step_ms"] > 0 and [r["backend"] for r in record["backends"]] == ["math"]
+    assert "| SDPA backend first |" in result.stdout
