@@ -55,7 +55,7 @@ from backbones.discriminators import FrameDiscriminator
 from backbones.latte import Latte, LatteCache
 from diffusion import EulerSampler, FlowMatching, SamplerBase, shift_time
 from diffusion.autoregressive import rollout
-from lightning_modules.base import VideoModule, uncounted
+from lightning_modules.base import VideoModule, uncounted, with_scheduler
 from lightning_modules.gan_losses import (
     approximate_penalty,
     perturb,
@@ -182,13 +182,7 @@ class AAPTModule(VideoModule):
 
     def configure_optimizers(self):
         params = [p for p in self.backbone.parameters() if p.requires_grad]
-        optimizer = self.optimizer(params=params)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"},
-        }
+        return with_scheduler(self.optimizer(params=params), self.lr_scheduler)
 
     @torch.no_grad()
     def generate(
@@ -216,8 +210,7 @@ class AAPTModule(VideoModule):
         model = self.ema if use_ema else self.backbone
         was_training = model.training
         model.eval()  # important! no label dropout while sampling
-        if model.num_classes > 0 and y is None:
-            y = torch.randint(0, model.num_classes, (num_videos,), device=self.device, generator=generator)
+        y = self.labels_for(y, model.num_classes, num_videos, generator)
         first = self.first_frames.take(num_videos)  # (b, 1, c, h, w)
         shape = (num_videos, self.sample_frames() - 1, *first.shape[2:])
         noise = torch.randn(shape, generator=generator, device=self.device)  # (b, f-1, c, h, w)

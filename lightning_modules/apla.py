@@ -371,8 +371,7 @@ class APLAFinetune(VideoModule):
             noise = sampler.invert(self, self.diffusion, self.video_latents.expand(shape), y=source)
             if base.num_classes > 0 and y is None:
                 y = source if sampler.label is None else torch.full_like(source, sampler.label)
-        if base.num_classes > 0 and y is None:
-            y = torch.randint(0, base.num_classes, (num_videos,), device=self.device, generator=generator)
+        y = self.labels_for(y, base.num_classes, num_videos, generator)
         latents = sampler(
             self,
             self.diffusion,

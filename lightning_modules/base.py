@@ -44,6 +44,17 @@ def uncounted(optimizer) -> Iterator[None]:
         optimizer._on_before_step, optimizer._on_after_step = hooks
 
 
+def with_scheduler(
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+):
+    """``configure_optimizers``' answer: the optimizer, and ``lr_scheduler`` (if any) stepped each step."""
+    if lr_scheduler is None:
+        return optimizer
+    scheduler = {"scheduler": lr_scheduler(optimizer), "interval": "step"}
+    return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
 class VideoModule(LightningModule):
     """Base of the framework's LightningModules: EMA, NaN guard, RNG streams, checkpoint rules, sampling."""
 
@@ -143,6 +154,14 @@ class VideoModule(LightningModule):
     #############################################################################
     #                                  Sampling                                 #
     #############################################################################
+
+    def labels_for(
+        self, y: torch.Tensor | None, num_classes: int, num_videos: int, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """``y``, else random classes (num_videos,) for a class-conditional model, else None."""
+        if y is not None or num_classes == 0:
+            return y
+        return torch.randint(0, num_classes, (num_videos,), device=self.device, generator=generator)
 
     @torch.no_grad()
     def sample(

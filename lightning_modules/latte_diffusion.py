@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from diffusion import Objective, SamplerBase
-from lightning_modules.base import VideoModule
+from lightning_modules.base import VideoModule, with_scheduler
 
 
 class LatteDiffusion(VideoModule):
@@ -112,13 +112,7 @@ class LatteDiffusion(VideoModule):
 
     def configure_optimizers(self):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        optimizer = self.optimizer(params=params)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"},
-        }
+        return with_scheduler(self.optimizer(params=params), self.lr_scheduler)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """The Trainer's clipping (trainer.gradient_clip_val), from step ``start_clip_iter`` on, as Latte."""
@@ -163,8 +157,7 @@ class LatteDiffusion(VideoModule):
         model = self.ema if use_ema else self.backbone
         was_training = model.training
         model.eval()  # important! no label dropout while sampling
-        if model.num_classes > 0 and y is None:
-            y = torch.randint(0, model.num_classes, (num_videos,), device=self.device, generator=generator)
+        y = self.labels_for(y, model.num_classes, num_videos, generator)
         shape = (num_videos, model.num_frames, model.in_channels, model.input_size, model.input_size)
         latents = (sampler or self.sampler)(
             model,
