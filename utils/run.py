@@ -157,6 +157,7 @@ def _from_training_checkpoint(checkpoint: dict, cfg: DictConfig, given: list[str
     )
     module.on_load_checkpoint(checkpoint)  # fills in the autoencoder weights, which checkpoints leave out
     module.load_state_dict(checkpoint["state_dict"])
+    module.save_hyperparameters({"config": checkpoint["hyper_parameters"]["config"]})  # the run's, as trained
     return module
 
 

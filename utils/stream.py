@@ -32,7 +32,6 @@ from torch.utils.data import Dataset
 
 from diffusion.objective import Objective
 from diffusion.streaming import DecodeAhead, FrameDecoder, StreamStep, stream_videos
-from utils.files import load_file
 from utils.video import Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,9 @@ def load_streamer(ckpt_path: str, cfg: DictConfig, use_ema: bool = True) -> Stre
             "streams a causal one-step generator (AAPTGan: backbone, ema, diffusion, autoencoder)"
         )
     generator = module.ema if use_ema and getattr(module, "ema", None) is not None else module.backbone
-    run_config = OmegaConf.create(load_file(ckpt_path, "a checkpoint")["hyper_parameters"]["config"])
+    if "config" not in module.hparams:
+        raise ValueError(f"{ckpt_path} is not a train.py checkpoint: stream.py needs the run's config in it")
+    run_config = OmegaConf.create(module.hparams["config"])  # read by load_module: the file is read once
     return Streamer(generator, module.diffusion, module.autoencoder, run_config)
 
 
