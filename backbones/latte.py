@@ -230,12 +230,16 @@ TEMPORAL_MASKS: dict[str, Callable[..., torch.Tensor | None]] = {
 }
 
 
-@dataclass
 class TemporalKV:
-    """The cache of one temporal attention: keys (rotated at their absolute positions) and values."""
+    """The cache of one temporal attention: keys (rotated at their absolute positions) and values.
 
-    k: torch.Tensor | None = None  # (b*l, h, n, e): n cached frames, RoPE already applied
-    v: torch.Tensor | None = None  # (b*l, h, n, e)
+    A plain class, not a dataclass: FSDP2 rebuilds the dataclasses among a block's arguments that hold
+    tensors requiring grad (student forcing), so `append` would fill a copy the stream never sees.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None  # (b*l, h, n, e): n cached frames, RoPE already applied
+        self.v: torch.Tensor | None = None  # (b*l, h, n, e)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the new frames' k, v (b*l, h, f, e); return all frames', cached first (b*l, h, n + f, e)."""

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from diffusion import SamplerBase
 from metrics import MetricSuite, RealVideos, update_with_samples
+from utils.strategies import is_sharded
 
 
 class GenerationMetrics(Callback):
@@ -133,6 +134,7 @@ class GenerationMetrics(Callback):
             self.batch_size,
             seed=self.seed,
             progress=self.progress and trainer.is_global_zero,
+            lockstep=is_sharded(pl_module),  # trainer=fsdp: every forward needs every rank
         )
         values = self.suite.compute()
         self.suite.reset()

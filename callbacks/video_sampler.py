@@ -5,7 +5,6 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from utils.video import to_uint8, video_grid, write_gif, write_mp4
 
@@ -44,12 +43,17 @@ class VideoSampler(Callback):
         if self.sample_on_train_end and trainer.global_step != self._last_step:
             self.sample_and_log(trainer, pl_module)
 
-    @rank_zero_only
     def sample_and_log(self, trainer: Trainer, pl_module: LightningModule) -> list[Path]:
-        """Sample, write ``step_XXXXXXX.{mp4,gif}`` into ``dirpath``, log the video to wandb / TensorBoard."""
+        """Sample, write ``step_XXXXXXX.{mp4,gif}`` into ``dirpath``, log the video to wandb / TensorBoard.
+
+        Every rank samples the same videos (under trainer=fsdp each forward needs all ranks; under DDP the
+        others would wait at the next all-reduce anyway); rank 0 writes and logs them.
+        """
         step = self._last_step = trainer.global_step
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)  # same noise every time
         videos = pl_module.sample(self.num_videos, generator=generator)  # (n, f, c, h, w) in [-1, 1]
+        if not trainer.is_global_zero:
+            return []
         grid = video_grid(videos)
         paths = [
             write_mp4(self.dirpath / f"step_{step:07d}.mp4", grid, self.fps),

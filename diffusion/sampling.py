@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 
 from diffusion.flow_matching import FlowMatching
@@ -145,8 +146,8 @@ class SamplerBase:
         dtype = resolve_precision(self.precision, device)
         if dtype == torch.float32 and not self.compile:
             return model
-        if not isinstance(model, nn.Module):  # a plain function: autocast, nothing to cast once
-            return model if dtype == torch.float32 else _autocast(model, device, dtype)
+        if not isinstance(model, nn.Module) or isinstance(model, FSDPModule):  # a function, or sharded
+            return model if dtype == torch.float32 else _autocast(model, device, dtype)  # weights: autocast
         cached = self._fast
         if cached is None or cached[0]() is not model or cached[1].dtype != dtype:
             cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)

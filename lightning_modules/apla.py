@@ -32,10 +32,12 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from diffusion import InversionSampler, Objective, SamplerBase
 from lightning_modules.base import VideoModule, uncounted
 from lightning_modules.gan_losses import GAN_LOSSES
+from utils.strategies import local
 
 ADV_MODES = ("noise", "residual")
 QUERY_ROWS = ":q"  # pattern suffix: only the query rows of a fused qkv projection (rows [q; k; v])
@@ -50,7 +52,8 @@ def select_trainable(backbone: nn.Module, patterns: list[str]) -> dict[str, slic
 
     ``{temporal}`` in a pattern stands for the index of any block that attends across frames (Latte's
     ``mixes_time``); a pattern ending in ``:q`` trains only the query rows (the first third) of the matched
-    fused qkv weights and biases (their other rows get zero gradients). Every pattern must match something.
+    fused qkv weights and biases (``keep_query_rows`` zeroes their other rows' gradients). Every pattern
+    must match something.
     """
     blocks = getattr(backbone, "blocks", [])
     temporal = "|".join(str(i) for i, block in enumerate(blocks) if getattr(block, "mixes_time", bool)())
@@ -68,13 +71,29 @@ def select_trainable(backbone: nn.Module, patterns: list[str]) -> dict[str, slic
         for name in matched:
             query = slice(0, params[name].shape[0] // 3) if rows else None
             chosen[name] = query if chosen.get(name, query) is not None else None  # a whole match wins
-    for name, rows in chosen.items():
+    for name in chosen:
         params[name].requires_grad_(True)
-        if rows is not None:
-            mask = torch.zeros_like(params[name])
-            mask[rows] = 1
-            params[name].register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype))
     return chosen
+
+
+@torch.no_grad()
+def keep_query_rows(backbone: nn.Module, chosen: dict[str, slice | None]) -> None:
+    """Zero the gradient rows that ``select_trainable``'s ``:q`` patterns leave frozen (before the step).
+
+    After the backward, not as a gradient hook: under trainer=fsdp the gradient is a row-sharded DTensor
+    that FSDP writes after the hooks, and the mask (rows, 1, ...) is sharded like it.
+    """
+    params = dict(backbone.named_parameters())
+    for name, rows in chosen.items():
+        grad = params[name].grad
+        if rows is None or grad is None:
+            continue
+        shape = (grad.shape[0], *[1] * (grad.dim() - 1))  # (rows, 1, ...)
+        mask = torch.zeros(shape, dtype=grad.dtype, device=local(grad).device)
+        mask[rows] = 1
+        if isinstance(grad, DTensor):  # (rows, 1, ...) split over the ranks as the gradient's rows are
+            mask = distribute_tensor(mask, grad.device_mesh, grad.placements)
+        local(grad).mul_(local(mask))
 
 
 #################################################################################
@@ -304,6 +323,7 @@ class APLAFinetune(VideoModule):
         self.check_finite(loss, "train/loss")
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        keep_query_rows(self.backbone, self.query_rows)
         opt_g.step()
         logs["train/loss_hyper"] = out["loss"].detach()
         logs["train/delta_rms"] = out["delta"].detach().pow(2).mean().sqrt()

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from utils.rng import gather_rng_states, set_rng_states
+from utils.strategies import ShardedDataParallel, is_sharded, shard_module
 
 
 @contextlib.contextmanager
@@ -68,6 +69,13 @@ class VideoModule(LightningModule):
         self.ema_of: str | None = None  # the name of the submodule that `self.ema` averages (add_ema)
         self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
 
+    def configure_model(self) -> None:
+        """``trainer=fsdp``: shard every saved submodule over all ranks (``utils.strategies.shard_module``)."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ShardedDataParallel) and not is_sharded(self):
+            mesh = self.device_mesh["data_parallel"]
+            shard_module(self, mesh, skip=self.unsaved, reshard_after_forward=strategy.reshard_after_forward)
+
     #############################################################################
     #                                    EMA                                    #
     #############################################################################
@@ -91,7 +99,8 @@ class VideoModule(LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema <- decay * ema + (1 - decay) * live, over every parameter (frozen embeddings included)."""
+        """ema <- decay * ema + (1 - decay) * live, over every parameter (frozen embeddings included); under
+        ``trainer=fsdp`` both are sharded alike, so each rank averages its own shard."""
         if self.ema_of is None:
             return
         ema = list(self.ema.parameters())
@@ -131,8 +140,11 @@ class VideoModule(LightningModule):
         checkpoint["rng_states"] = gather_rng_states(self.device)  # one per rank, in rank order
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Fill in the ``unsaved`` submodules from this module; keep the RNG states for on_train_start."""
-        for name in self.unsaved:
+        """Fill in the ``unsaved`` submodules from this module; keep the RNG states for on_train_start.
+
+        (A sharded checkpoint's weights are loaded by the strategy: it hands over no ``state_dict``.)
+        """
+        for name in self.unsaved if "state_dict" in checkpoint else ():
             submodule = getattr(self, name, None)
             if isinstance(submodule, nn.Module):
                 checkpoint["state_dict"].update({f"{name}.{k}": v for k, v in submodule.state_dict().items()})

@@ -64,7 +64,8 @@ class LatteDiffusion(VideoModule):
     #############################################################################
 
     def configure_model(self) -> None:
-        """Compile the backbone in place: its state-dict keys and the EMA copy stay as they are."""
+        """Shard (``trainer=fsdp``), then compile the backbone in place: state-dict keys and EMA stay."""
+        super().configure_model()
         if self.compile_backbone and self.backbone._compiled_call_impl is None:
             self.backbone.compile()
 

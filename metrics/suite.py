@@ -204,23 +204,28 @@ def update_with_samples(
     batch_size: int,
     seed: int = 0,
     progress: bool = True,
+    lockstep: bool = False,
 ) -> int:
     """Generate `num_videos` videos in global batches (this rank: a contiguous run) and feed them to `suite`.
 
     sample(n, generator) -> `n f c h w` videos in [-1, 1]; batch j's generator (on the suite's device) is
     seeded from (seed, j), so a run's videos depend on seed and batch_size, not on the number of ranks.
-    Returns how many videos this rank generated.
+    ``lockstep``: every rank calls `sample` equally often (a rank with one batch fewer samples one more and
+    drops it), as a sharded model's forward needs every rank. Returns how many videos this rank generated.
     """
     rank, world_size = rank_and_world_size()
     num_batches = -(-num_videos // batch_size)
     mine = batch_range(num_batches, rank, world_size)
     share = min(mine.stop * batch_size, num_videos) - mine.start * batch_size
+    calls = -(-num_batches // world_size) if lockstep else len(mine)  # the most batches any rank has
     bar = tqdm(total=num_videos, desc="generating videos", disable=not progress or rank != 0)
-    for j in mine:
-        n = min(batch_size, num_videos - j * batch_size)
+    for j in range(mine.start, mine.start + calls):
+        n = min(batch_size, num_videos - j * batch_size) if j in mine else batch_size
         generator = torch.Generator(suite.device).manual_seed(stable_seed("generate", seed, j))
         videos = sample(n, generator)  # (n, f, c, h, w)
         assert videos.shape[0] == n, f"sample({n}) returned {videos.shape[0]} videos"
+        if j not in mine:
+            continue  # lockstep's extra call
         suite.update(videos)
         bar.update(n * world_size)
     bar.close()

@@ -20,7 +20,7 @@ from backbones import IdentityAutoencoder, Latte
 from backbones.vgt import VGT, NoiseDiscriminator
 from datamodules.index import single_video_index
 from diffusion import GaussianDiffusion, IIDNoise, InversionSampler, Sampler
-from lightning_modules.apla import APLAFinetune, HyperLoss, select_trainable
+from lightning_modules.apla import APLAFinetune, HyperLoss, keep_query_rows, select_trainable
 from lightning_modules.gan_losses import GAN_LOSSES
 from metrics.consistency import CLIPFrames, CLIPTextScore, FrameConsistency, PixelFrames
 from metrics.perceptual import lpips_network
@@ -181,6 +181,7 @@ def test_only_the_query_rows_and_the_temporal_attention_train():
     assert "blocks.0.attn.proj.weight" not in chosen and not latte.x_embedder.proj.weight.requires_grad
     x, t = torch.randn(1, F_, C, S, S), torch.tensor([10])
     latte(x, t).square().mean().backward()
+    keep_query_rows(latte, chosen)
     grad = latte.blocks[0].attn.qkv.weight.grad
     assert grad[:d].abs().sum() > 0 and torch.equal(grad[d:], torch.zeros_like(grad[d:]))
     with pytest.raises(ValueError, match="matches no backbone parameter"):

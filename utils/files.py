@@ -9,18 +9,25 @@ the metrics read their weights without importing the training stack.
 import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
+META = "meta.pt"  # the non-tensor part of a sharded checkpoint folder (Lightning's name)
+
 
 def load_file(path: str | os.PathLike, what: str) -> dict:
-    """The dict that ``torch.save`` wrote to ``path``, read on the CPU without running code from the file.
+    """The dict that ``torch.save`` wrote to ``path``, read on the CPU without running code from the file; a
+    sharded checkpoint folder reads as the file a single process would have written.
 
     ``what`` names the expected content in errors: "<path> is not <what> (<cause>)", one line.
     """
     path = Path(path)
+    if (path / META).is_file():  # a sharded checkpoint folder (trainer=fsdp)
+        return read_sharded_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (expected {what})")
     try:
@@ -31,6 +38,32 @@ def load_file(path: str | os.PathLike, what: str) -> dict:
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} is not {what} (it holds a {type(loaded).__name__}, not a dict)")
     return loaded
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A sharded checkpoint folder (``.distcp`` shards + ``meta.pt``) as one checkpoint; no process group.
+
+    Optimizer states come keyed by parameter position, as ``torch.optim`` saves them (FSDP keys them by
+    name), so the result also resumes a run without sharding.
+    """
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "full.pt")
+        tensors = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = tensors.pop("state_dict")
+    count = sum(key.startswith("optimizer_") for key in tensors)
+    checkpoint["optimizer_states"] = [_by_position(tensors[f"optimizer_{i}"]) for i in range(count)]
+    return checkpoint
+
+
+def _by_position(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter names (FSDP's) keyed by position instead (``torch.optim``'s)."""
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    position = {name: i for i, name in enumerate(names)}
+    groups = [{**group, "params": [position[n] for n in group["params"]]} for group in state["param_groups"]]
+    return {"state": {position[n]: v for n, v in state["state"].items()}, "param_groups": groups}
 
 
 def load_error_cause(error: BaseException) -> str:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from backbones import load_official_latte
 from lightning_modules import VideoModule
 from utils.config import instantiate_map
-from utils.files import load_file
+from utils.files import META, load_file
 from utils.lifecycle import USER_ERRORS, ConfigError, stop_on_signals
 from utils.video import video_grid, write_gif, write_mp4
 
@@ -75,13 +75,15 @@ def checkpoint_in_run_folder(output_dir: Path) -> str | None:
     """What a run restarted in its own folder (a requeued SLURM job) continues from; None in a new folder.
 
     The newer of ``checkpoints/last.ckpt`` and Lightning's pre-emption checkpoints ``hpc_ckpt_<n>.ckpt``
-    (written when SLURM sends the requeue signal, ``#SBATCH --signal=SIGUSR1@90``).
+    (written when SLURM sends the requeue signal, ``#SBATCH --signal=SIGUSR1@90``); files, or sharded
+    checkpoint folders under ``trainer=fsdp``.
     """
     candidates = [*output_dir.glob("hpc_ckpt_*.ckpt"), output_dir / "checkpoints" / "last.ckpt"]
-    found = [path for path in candidates if path.is_file()]
+    written = {path: path / META if path.is_dir() else path for path in candidates}  # a folder: trainer=fsdp
+    found = [path for path, file in written.items() if file.is_file()]
     if not found:
         return None
-    newest = max(found, key=lambda p: p.stat().st_mtime)
+    newest = max(found, key=lambda p: written[p].stat().st_mtime)
     rank_zero_info(f"Resuming from {newest}: this run folder already holds a checkpoint")
     return str(newest)
 

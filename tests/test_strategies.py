@@ -1,0 +1,141 @@
+"""trainer=ddp and trainer=fsdp on two CPU processes (gloo): FSDP2 trains every module as DDP does, its
+sharded checkpoints resume on another number of processes and read as ordinary files; GAN modules run
+under DDP. Plus the pieces that make sharding work: lock-step sampling, run folders holding folders."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metrics import suite
+from tests.conftest import ROOT, TINY
+from tests.test_aapt import AAPT_GAN
+from tests.test_apla import APLA_RUN
+from utils.files import load_file
+from utils.run import checkpoint_in_run_folder
+
+CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
+MODULES = {  # tiny runs of the three modules, 4 steps with checkpoints at steps 2 and 4
+    "latte": TINY,
+    "aapt_gan": AAPT_GAN,
+    "apla": [*APLA_RUN, "data.dataset.num_videos=2", "~callbacks.metrics"],
+}
+PER_RANK_BUFFERS = ("first_frames.", "video_latents", "video_label")  # data each rank kept: not weights
+
+
+def train(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """Run train.py in a subprocess into ``tmp_path/name``; that run folder."""
+    run = tmp_path / name
+    command = [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run
+
+
+def assert_same_training(sharded: dict, replicated: dict, atol: float) -> None:
+    """Same step, weights (EMA included) and optimizer states, up to float summation order."""
+    assert sharded["global_step"] == replicated["global_step"]
+    weights = {k: v for k, v in replicated["state_dict"].items() if not k.startswith(PER_RANK_BUFFERS)}
+    assert weights.keys() <= sharded["state_dict"].keys()
+    different = [k for k, v in weights.items() if not torch.allclose(sharded["state_dict"][k], v, atol=atol)]
+    assert not different, f"FSDP and DDP trained different weights: {different[:5]}"
+    assert len(sharded["optimizer_states"]) == len(replicated["optimizer_states"])
+    for mine, theirs in zip(sharded["optimizer_states"], replicated["optimizer_states"]):
+        assert mine["state"].keys() == theirs["state"].keys(), "optimizer states keyed by parameter position"
+        for i, state in theirs["state"].items():
+            for key, value in state.items():
+                assert torch.allclose(mine["state"][i][key].float(), value.float(), atol=atol), (i, key)
+
+
+#################################################################################
+#                    Two processes: FSDP against DDP, resumes                   #
+#################################################################################
+
+
+@pytest.mark.slow
+def test_fsdp_trains_latte_as_ddp_does_and_resumes_its_sharded_checkpoint_on_one_process(tmp_path):
+    ddp = train(tmp_path, "ddp", *TINY, "trainer=ddp", *CPU)
+    fsdp = train(tmp_path, "fsdp", *TINY, "trainer=fsdp", *CPU)
+    folder = fsdp / "checkpoints" / "last.ckpt"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "meta.pt",
+    ]
+    assert not list(folder.parent.glob(".*")), "no temporary folder stays behind"
+    assert_same_training(
+        load_file(folder, "a checkpoint"), load_file(ddp / "checkpoints" / "last.ckpt", ""), 1e-5
+    )
+
+    # the same command on one process, in the same folder: continues from the 2-process shards
+    train(tmp_path, "fsdp", *TINY, "trainer=fsdp", *CPU[:2], "trainer.devices=1", "trainer.max_steps=6")
+    resumed = load_file(folder, "a checkpoint")
+    assert resumed["global_step"] == 6
+    adam = resumed["optimizer_states"][0]["state"][0]
+    assert int(adam["step"]) == 6, "the optimizer state of the 4 sharded steps was restored, not restarted"
+
+    # a sharded folder is a checkpoint for sample.py, and one file for anything else
+    sample = [sys.executable, str(ROOT / "sample.py"), f"ckpt_path={folder}", "num_videos=2", "batch_size=2"]
+    sample += [f"hydra.run.dir={tmp_path / 'samples'}"]
+    result = subprocess.run(sample, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "samples" / "videos").glob("*.mp4"))) == 2
+    export = [sys.executable, "-m", "utils.strategies", str(folder), str(tmp_path / "one.ckpt")]
+    subprocess.run(export, cwd=ROOT, check=True, capture_output=True)
+    one = torch.load(tmp_path / "one.ckpt", weights_only=True)
+    assert one["global_step"] == 6 and all(
+        torch.equal(v, one["state_dict"][k]) for k, v in resumed["state_dict"].items()
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["aapt_gan", "apla"])
+def test_the_two_optimizer_modules_train_under_fsdp_as_under_ddp(tmp_path, module):
+    """AAPT (generator rollout through a KV cache, a discriminator trunk) and APLA (`:q` gradient rows, a
+    noise discriminator): both optimizers' states and all weights agree after 4 steps."""
+    ddp = train(tmp_path, "ddp", *MODULES[module], "trainer=ddp", *CPU)
+    fsdp = train(tmp_path, "fsdp", *MODULES[module], "trainer=fsdp", *CPU)
+    replicated = load_file(ddp / "checkpoints" / "last.ckpt", "a checkpoint")
+    assert len(replicated["optimizer_states"]) == 2
+    assert_same_training(load_file(fsdp / "checkpoints" / "last.ckpt", "a checkpoint"), replicated, 1e-3)
+
+
+#################################################################################
+#                        What sharding needs, without it                        #
+#################################################################################
+
+
+def test_lockstep_sampling_calls_the_model_as_often_on_every_rank(monkeypatch):
+    """5 batches over 2 ranks: rank 0 has 2 (rank 1 has 3); under lockstep it samples a third and drops it."""
+
+    class Counting:
+        device = torch.device("cpu")
+        videos = 0
+
+        def update(self, videos: torch.Tensor) -> None:
+            Counting.videos += len(videos)
+
+    calls = []
+    sample = lambda n, generator: calls.append(n) or torch.zeros(n, 2, 3, 4, 4)  # noqa: E731
+    monkeypatch.setattr(suite, "rank_and_world_size", lambda: (0, 2))
+    assert suite.update_with_samples(Counting(), sample, 9, 2, progress=False) == 4
+    assert calls == [2, 2] and Counting.videos == 4
+    calls.clear()
+    assert suite.update_with_samples(Counting(), sample, 9, 2, progress=False, lockstep=True) == 4
+    assert len(calls) == 3 and Counting.videos == 8, "one more call, its videos dropped"
+
+
+def test_a_run_folder_resumes_from_its_newest_checkpoint_file_or_sharded_folder(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "last.ckpt").mkdir(parents=True)
+    assert checkpoint_in_run_folder(tmp_path) is None, "a folder without meta.pt is no checkpoint"
+    (checkpoints / "last.ckpt" / "meta.pt").write_bytes(b"x")
+    os.utime(checkpoints / "last.ckpt" / "meta.pt", (1, 1))  # written long ago
+    assert checkpoint_in_run_folder(tmp_path) == str(checkpoints / "last.ckpt")
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"x")
+    assert checkpoint_in_run_folder(tmp_path) == str(hpc), "the newer one"

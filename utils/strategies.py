@@ -1,0 +1,161 @@
+"""Multi-GPU strategies: data parallelism (``trainer=ddp``) and sharded data parallelism (``trainer=fsdp``).
+
+``DataParallel`` is Lightning's DDP, which finds unused parameters for the GAN modules by itself.
+
+``ShardedDataParallel`` is Lightning's ``ModelParallelStrategy`` with all ranks in one data-parallel mesh (no
+tensor parallelism); ``VideoModule.configure_model`` calls ``shard_module``, which applies ``fully_shard``
+to every transformer block, every transformer and every saved top-level submodule (backbone, EMA,
+discriminator, VGT, teacher). The EMA is sharded like the weights it averages, so its update stays local.
+
+Checkpoints are folders (``last.ckpt/``: one ``.distcp`` shard file per rank + ``meta.pt``) written into a
+temporary folder renamed into place; they resume on any number of ranks and read as one ordinary
+checkpoint file anywhere ``utils.files.load_file`` reads one (sample.py, evaluate.py, ``init=checkpoint``).
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+from utils.files import META, load_file
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP-sharded parameters (every rank must then call its forward together)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor, the tensor itself otherwise."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+#################################################################################
+#                                Data parallel                                  #
+#################################################################################
+
+
+class DataParallel(DDPStrategy):
+    """Lightning's DDP (keyword arguments: ``torch.nn.parallel.DistributedDataParallel``'s).
+
+    A module with manual optimization (AAPT, APLA: a generator and a critic) makes backward passes that each
+    reach only one network's parameters, so DDP must look for the unused ones: that is switched on for it.
+    """
+
+    def setup(self, trainer) -> None:
+        if not self.lightning_module.automatic_optimization:
+            self._ddp_kwargs.setdefault("find_unused_parameters", True)
+        super().setup(trainer)
+
+
+#################################################################################
+#                              Sharding a module                                #
+#################################################################################
+
+
+def shard_module(
+    module: nn.Module, mesh: DeviceMesh, skip: tuple[str, ...] = (), reshard_after_forward: bool = True
+) -> None:
+    """``fully_shard`` every transformer block (each module of a ``blocks`` list), then each top-level child
+    with parameters except those named in ``skip`` (frozen, stored apart: the autoencoder).
+
+    A child's own ``forward`` gathers the rest of its weights (embeddings, heads, a discriminator's trunk
+    outside its blocks) for everything it calls, ``features`` included; one block's are gathered at a time.
+    """
+    for name, child in module.named_children():
+        if name in skip or not any(True for _ in child.parameters()) or isinstance(child, FSDPModule):
+            continue
+        for blocks in [
+            m.blocks for m in child.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)
+        ]:
+            for block in blocks:
+                fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(child, mesh=mesh, reshard_after_forward=reshard_after_forward)
+
+
+#################################################################################
+#                                   Strategy                                    #
+#################################################################################
+
+
+class ShardedDataParallel(ModelParallelStrategy):
+    """FSDP2 across all ranks of all nodes, sharded checkpoints that resume on any number of ranks.
+
+    ``reshard_after_forward``: free the gathered weights after each forward (ZeRO-3; False keeps them until
+    the backward, ZeRO-2-like: less communication, more memory).
+    """
+
+    def __init__(self, reshard_after_forward: bool = True, **kwargs: Any):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # every rank: one data-parallel mesh
+        super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any = None) -> None:
+        """Write the shards and ``meta.pt`` to a temporary folder, then swap it in: a crash keeps the old."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        if self.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier()
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier()
+        if self.global_rank == 0:
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a sharded checkpoint folder into the sharded module and optimizers (any number of ranks).
+
+        The ``unsaved`` submodules (the autoencoder) are not in the checkpoint and keep their weights.
+        Returns the rest (loops, callbacks, RNG states) as Lightning expects.
+        """
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not (path / META).is_file():
+            raise ValueError(
+                f"trainer=fsdp resumes from a sharded checkpoint folder; {path} is not one. To start from a "
+                "single-file checkpoint use init=checkpoint init.path=<file> (weights only)"
+            )
+        skip = tuple(f"{name}." for name in self.lightning_module.unsaved)
+        weights = {k: v for k, v in get_model_state_dict(self.model).items() if not k.startswith(skip)}
+        dcp.load({"state_dict": weights}, checkpoint_id=path)
+        set_model_state_dict(self.model, weights, options=StateDictOptions(strict=False))
+        for i, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)}
+            dcp.load(state, checkpoint_id=path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{i}"])
+        return torch.load(path / META, map_location="cpu", weights_only=True)
+
+
+def export(path: str, out: str) -> None:
+    """Write the sharded checkpoint folder ``path`` as one checkpoint file ``out`` (what DDP would write)."""
+    torch.save(load_file(path, "a sharded checkpoint folder"), out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":  # python -m utils.strategies <sharded checkpoint folder> <out.ckpt>
+    import sys
+
+    export(*sys.argv[1:3])
