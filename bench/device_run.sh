@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte scaling-sharded twonodes
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -64,4 +64,29 @@ fi
 if [[ $what == *stream-compiled* ]]; then
 echo "== 1,440-frame stream latency, Latte-B/2 and XL/2, torch.compile + CUDA graphs"
 python3 bench/stream_latency.py --modes compile-graph --json "$OUT"/stream_latency_compiled.json 2>&1 | grep -vE "Warning|warn"
+fi
+
+if [[ $what == *scaling-latte* ]]; then
+echo "== DDP scaling of the train.py loop, Latte-XL/2, 1/2/4 GPUs, eager and compiled"
+python3 bench/scaling.py --part latte --steps 30 --warmup 10 --timeout 200 --json "$OUT"/scaling_latte.json
+fi
+
+if [[ $what == *scaling-sharded* ]]; then
+echo "== FSDP vs DDP: Latte-XL/2 and the AAPT generator + discriminator pair, 2/4 GPUs"
+python3 bench/scaling.py --part sharded --steps 30 --warmup 10 --timeout 150 --json "$OUT"/scaling_sharded.json
+fi
+
+if [[ $what == *twonodes* ]]; then
+echo "== two nodes on one host: torchrun --nnodes=2 --nproc-per-node=1 (c10d), one GPU each, NCCL"
+dir=/tmp/twonodes; rm -rf $dir
+args="backbone=latte_tiny trainer=ddp trainer.devices=1 logger=csv trainer.max_steps=20 paths.log_dir=$dir/logs"
+args="$args +callbacks.digest._target_=tests.helpers.probes.WeightsDigestProbe +callbacks.digest.dirpath=$dir/digests"
+for node in 0 1; do
+  CUDA_VISIBLE_DEVICES=$node timeout 150 python3 -m torch.distributed.run --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d \
+    --rdzv-endpoint=localhost:29511 --rdzv-id=gpu2nodes train.py $args > $dir.node$node.log 2>&1 &
+done
+wait
+grep -h "NCCL\|backend" $dir.node0.log | head -2
+cat $dir/digests/rank0.json; echo; cat $dir/digests/rank1.json; echo
+ls $dir/logs/quickstart/runs/ $dir/logs/quickstart/runs/*/checkpoints
 fi

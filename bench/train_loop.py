@@ -9,10 +9,12 @@ channels instead of 4). Validation, sampling and checkpoints are off so that onl
     python bench/train_loop.py                                   # on a GPU: eager, then compiled
     python bench/train_loop.py --steps 3 --warmup 1 --modes eager --overrides backbone=latte_tiny \
         trainer=cpu data.batch_size=2 data.num_frames=4 data.num_workers=0   # CPU smoke run
+    torchrun --nproc-per-node=4 bench/train_loop.py --overrides trainer=ddp trainer.devices=4  # 4 GPUs
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 from utils.config import register_resolvers  # noqa: E402
 from utils.run import train  # noqa: E402
 
-PAPER_SHAPE = [
-    "experiment=latte_synthetic",  # Latte-XL/2, AdamW 1e-4, EMA 0.9999, batch 5, bf16-mixed on one GPU
+PAPER_SHAPE = [  # after experiment=latte_synthetic: Latte-XL/2, AdamW 1e-4, EMA 0.9999, batch 5, bf16-mixed
     "autoencoder=identity",
     "data.resolution=32",
     "data.num_frames=16",
@@ -64,16 +65,19 @@ class StepTimer(Callback):
         self.path.write_text(json.dumps(self.times))
 
 
-def run(mode: str, steps: int, warmup: int, overrides: list[str]) -> dict:
+def run(
+    mode: str, steps: int, warmup: int, overrides: list[str], experiment: str = "latte_synthetic"
+) -> dict:
     """One ``train()`` of ``steps`` steps; the median step after ``warmup`` steps, and the whole wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(
                 "train",
                 overrides=[
+                    f"experiment={experiment}",
                     *PAPER_SHAPE,
                     *overrides,
-                    f"module.compile={mode == 'compiled'}",
+                    *(["module.compile=true"] if mode == "compiled" else []),
                     f"trainer.max_steps={steps}",
                     f"paths.root_dir={tmp}",
                     f"paths.output_dir={tmp}/run",
@@ -88,16 +92,20 @@ def run(mode: str, steps: int, warmup: int, overrides: list[str]) -> dict:
         wall = time.perf_counter() - start
         times = json.loads(Path(tmp, "step_times.json").read_text())
     step = statistics.median(times[warmup:])
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    strategy = cfg.trainer.strategy
     return {
         "mode": mode,
+        "strategy": strategy if isinstance(strategy, str) else strategy._target_.rsplit(".", 1)[-1],
+        "gpus": world,
         "steps": steps,
         "batch": cfg.data.batch_size,
         "median_step_ms": 1000 * step,
-        "samples_per_s": cfg.data.batch_size / step,
+        "samples_per_s": world * cfg.data.batch_size / step,  # all ranks together
         "first_step_s": times[0],
         "wall_s": wall,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
-        "final_loss": metrics.get("train/loss", float("nan")),
+        "final_loss": metrics.get("train/loss", metrics.get("train/loss_g", float("nan"))),
     }
 
 
@@ -108,18 +116,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (compilation)")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--experiment", default="latte_synthetic", help="e.g. aapt_sky_gan (+ init=scratch)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     parser.add_argument("--json", type=Path, help="write the rows here too")
     args = parser.parse_args()
     assert args.steps > args.warmup, "--steps must exceed --warmup, or nothing is timed"
     register_resolvers()
-    rows = [run(mode, args.steps, args.warmup, args.overrides) for mode in args.modes]
-    print("| mode | batch | median step (ms) | samples/s | first step (s) | wall (s) | peak GiB | loss |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = [run(mode, args.steps, args.warmup, args.overrides, args.experiment) for mode in args.modes]
+    if int(os.environ.get("RANK", 0)) > 0:  # under torchrun: rank 0 reports
+        return
+    header = (
+        "mode | strategy | GPUs | batch per GPU | median step (ms) | samples/s | first step (s) | wall (s)"
+    )
+    print(f"| {header} | peak GiB | loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['mode']} | {r['batch']} | {r['median_step_ms']:.1f} | {r['samples_per_s']:.1f} | "
-            f"{r['first_step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gib']:.1f} | {r['final_loss']:.4f} |"
+            f"| {r['mode']} | {r['strategy']} | {r['gpus']} | {r['batch']} | {r['median_step_ms']:.1f} | "
+            f"{r['samples_per_s']:.1f} | {r['first_step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gib']:.1f} | "
+            f"{r['final_loss']:.4f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

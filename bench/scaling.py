@@ -1,0 +1,134 @@
+"""Multi-GPU scaling of the train.py loop: DDP and FSDP on 1, 2 and 4 GPUs of one host, eager and compiled.
+
+Each row is one ``torchrun --nproc-per-node=N bench/train_loop.py`` (the real Hydra config through
+``utils.run.train``; see that script) with ``trainer=ddp`` or ``trainer=fsdp``; one GPU is ``trainer=gpu``,
+the baseline of the scaling efficiency = samples/s on N GPUs / (N x samples/s on one GPU, same model, mode).
+
+    python bench/scaling.py --part latte    # Latte-XL/2, paper's shape, batch 5 per GPU: DDP on 1/2/4 GPUs
+    python bench/scaling.py --part sharded  # FSDP for Latte-XL/2; the AAPT generator + discriminator pair
+    python bench/scaling.py --part sharded --gpus 1 2 --steps 4 --warmup 1 --modes eager --overrides \
+        backbone=latte_tiny trainer.accelerator=cpu trainer.precision=32-true data.num_workers=0  # CPU smoke
+
+Prints one table and writes the rows as JSON (``--json``).
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from subprocess import PIPE
+
+ROOT = Path(__file__).resolve().parents[1]
+AAPT_PAIR = ["init=scratch", "data=synthetic", "data.resolution=32"]  # XL/2 G + D, 16 frames, batch 2 per GPU
+
+
+def configurations(part: str, gpus: list[int]) -> list[dict]:
+    """The rows of ``part``: model (experiment + overrides), strategy, GPUs, modes."""
+    latte = {"model": "Latte-XL/2", "experiment": "latte_synthetic", "overrides": []}
+    pair = {"model": "AAPT G+D (XL/2)", "experiment": "aapt_sky_gan", "overrides": AAPT_PAIR}
+    rows = []
+    if part == "latte":
+        for n in gpus:
+            rows.append(
+                {**latte, "trainer": "gpu" if n == 1 else "ddp", "gpus": n, "modes": ["eager", "compiled"]}
+            )
+        rows.append(
+            {
+                **latte,
+                "trainer": "ddp",
+                "gpus": max(gpus),
+                "modes": ["compiled"],
+                "overrides": ["trainer.strategy.static_graph=true"],
+            }
+        )
+    if part == "sharded":
+        for n in [n for n in gpus if n > 1]:
+            rows.append({**latte, "trainer": "fsdp", "gpus": n, "modes": ["eager", "compiled"]})
+        for n in gpus:
+            for trainer in ["gpu"] if n == 1 else ["ddp", "fsdp"]:
+                rows.append(
+                    {**pair, "trainer": trainer, "gpus": n, "modes": ["eager"], "steps": 20, "warmup": 5}
+                )
+    return rows
+
+
+def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], timeout: float) -> list[dict]:
+    """One torchrun of train_loop.py for ``row`` (its modes among ``modes``); its rows, one per mode."""
+    row = {**row, "modes": [m for m in row["modes"] if m in modes]}
+    if not row["modes"]:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={row['gpus']}",
+        ]
+        command += [str(ROOT / "bench" / "train_loop.py"), "--experiment", row["experiment"]]
+        command += ["--steps", str(row.get("steps", steps)), "--warmup", str(row.get("warmup", warmup))]
+        command += ["--modes", *row["modes"], "--json", str(out), "--overrides", f"trainer={row['trainer']}"]
+        command += [f"trainer.devices={row['gpus']}", *row["overrides"], *extra]
+        print(f"{time.strftime('%H:%M:%S')} {' '.join(command[5:])}", flush=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
+        )
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # torchrun and every rank
+            _, stderr = process.communicate()
+            print(f"TIMED OUT after {timeout} s\n{stderr[-3000:]}", flush=True)
+            return []
+        if process.returncode != 0:
+            print(f"FAILED\n{stderr[-3000:]}", flush=True)
+            return []
+        results = json.loads(out.read_text())
+    variant = " ".join(o for o in row["overrides"] if o not in AAPT_PAIR)
+    return [{**r, "model": row["model"], "trainer": row["trainer"], "variant": variant} for r in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=["latte", "sharded"], required=True)
+    parser.add_argument("--gpus", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=15, help="steps left out of the median (compilation)")
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per torchrun before it is killed")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for config in configurations(args.part, args.gpus):
+        done = run(config, args.steps, args.warmup, args.overrides, args.modes, args.timeout)
+        rows += done
+        print(json.dumps(done), flush=True)
+    one = {(r["model"], r["mode"]): r["samples_per_s"] for r in rows if r["gpus"] == 1}
+    print(
+        "| model | trainer | GPUs | mode | samples/s | scaling efficiency | step (ms) | peak GiB per GPU ",
+        end="",
+    )
+    print("| note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        base = one.get((r["model"], r["mode"]))
+        efficiency = f"{100 * r['samples_per_s'] / (r['gpus'] * base):.1f}%" if base else "-"
+        print(
+            f"| {r['model']} | {r['trainer']} | {r['gpus']} | {r['mode']} | {r['samples_per_s']:.1f} | "
+            f"{efficiency} | {r['median_step_ms']:.1f} | {r['peak_gib']:.1f} | {r['variant']} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
