@@ -9,13 +9,16 @@ import subprocess
 import sys
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from lightning.pytorch.loops.progress import _BatchProgress
+from torch.utils.data import Dataset, DistributedSampler
 
 from datamodules import VideoDataModule
+from datamodules.video import EpochSampler, ResumableLoader
 from tests.conftest import ROOT, TINY, compose_train
 from utils.run import train
 
@@ -69,14 +72,75 @@ def test_training_items_draw_from_seed_epoch_and_index_and_the_loader_resumes_it
     loader = training_loader(num_workers=0)
     loader.sampler.set_epoch(1)  # as Lightning does at each epoch start
     assert draws(loader, batches=1) == epochs[1][:3]
-    assert loader.state_dict() == {"epoch": 1, "batches": 1}
+    assert loader.state_dict() == {"epoch": 1, "batches": 1, "clips": 3}
 
     resumed = training_loader(num_workers=1)  # a new process with a worker: the same items and draws
-    resumed.load_state_dict({"epoch": 1, "batches": 1})
+    resumed.load_state_dict({"epoch": 1, "batches": 1, "clips": 3})
     assert draws(resumed) == epochs[1][3:], "the resumed loader hands out the rest of the epoch"
-    assert resumed.state_dict() == {"epoch": 1, "batches": 3}
+    assert resumed.state_dict() == {"epoch": 1, "batches": 3, "clips": 9}
     resumed.sampler.set_epoch(2)
     assert draws(resumed) == epochs[2], "and then the same next epoch"
+
+
+def rank_loaders(ranks: int, trainer=None) -> list[ResumableLoader]:
+    """The training loaders of `ranks` DDP ranks over `RandomDraws` (10 clips) in batches of 2."""
+    dataset = RandomDraws("train", num_frames=2, resolution=8, num_classes=0)
+    samplers = [EpochSampler(dataset, num_replicas=ranks, rank=rank) for rank in range(ranks)]
+    return [ResumableLoader(dataset, s, trainer, batch_size=2, drop_last=True) for s in samplers]
+
+
+def test_a_resume_on_another_number_of_ranks_shares_out_the_rest_of_the_epoch():
+    """2 ranks use a batch of 2 clips each; resumed on 1 or 3 ranks, the ranks get the 6 clips of the epoch's
+    permutation not used yet, each once, with their draws; then the next epoch is sharded as usual."""
+    (everything,) = rank_loaders(1)
+    everything.sampler.set_epoch(1)
+    epoch = {row[0]: row for row in draws(everything)}  # clip -> its draws in epoch 1, on any rank
+    order = [index for _, index in everything.sampler]  # the epoch's permutation of the 10 clips
+    before = rank_loaders(2)
+    for rank, loader in enumerate(before):
+        loader.sampler.set_epoch(1)
+        shard = DistributedSampler(range(10), num_replicas=2, rank=rank, seed=0)
+        shard.set_epoch(1)
+        assert [index for _, index in loader.sampler] == list(shard) == order[rank::2], "interleaved shards"
+    used = [row for loader in before for row in draws(loader, batches=1)]
+    place = before[0].state_dict()
+    assert place == before[1].state_dict() == {"epoch": 1, "batches": 1, "clips": 4}
+    assert sorted(row[0] for row in used) == sorted(order[:4]), "k batches of b on n ranks: k*b*n first clips"
+
+    for ranks in (1, 3):
+        after = rank_loaders(ranks)
+        for loader in after:
+            loader.load_state_dict(place)
+        rest = [row for loader in after for row in draws(loader)]
+        assert sorted(row[0] for row in rest) == sorted(order[4:]), f"{ranks} ranks: not the epoch's rest"
+        assert all(row == epoch[row[0]] for row in rest), "a clip's draws depend on its epoch, not its rank"
+        assert all(loader.state_dict()["batches"] == len(loader) for loader in after), "the epoch is over"
+        for loader, fresh in zip(after, rank_loaders(ranks)):
+            fresh.sampler.set_epoch(2)
+            assert draws(loader) == draws(fresh), "the next epoch is sharded as in a run that started here"
+
+    (single,) = rank_loaders(1)
+    single.load_state_dict(place)
+    assert [row[0] for row in draws(single)] == order[4:], "one rank takes the rest in the epoch's order"
+    older = rank_loaders(2)  # a place saved before "clips" counted batches: of this world size
+    older[1].load_state_dict({"epoch": 1, "batches": 1})
+    assert draws(older[1]) == draws(before[1]), "an older checkpoint resumes on its own world size"
+
+
+def test_a_resume_on_another_number_of_ranks_moves_lightnings_batch_count_to_the_new_one():
+    """Lightning ends an epoch by its count of the epoch's batches: after 1 batch on 1 rank (2 clips used),
+    2 ranks have 2 batches of the 8 other clips left of the 2 an epoch now holds, so the count starts at 0."""
+    (alone,) = rank_loaders(1)
+    alone.sampler.set_epoch(1)
+    draws(alone, batches=1)
+    for rank in (0, 1):
+        progress = _BatchProgress()
+        progress.increment_by(1)  # as restored from the checkpoint: 1 batch of the epoch done
+        epoch_loop = SimpleNamespace(batch_progress=progress)
+        loader = rank_loaders(2, SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=epoch_loop)))[rank]
+        loader.load_state_dict(alone.state_dict())
+        assert len(loader) == 2 and len(draws(loader)) == 4, "2 batches of 2 clips are left on each rank"
+        assert (progress.current.ready, progress.current.completed, progress.total.ready) == (0, 0, 1)
 
 
 #################################################################################
