@@ -5,6 +5,7 @@ its loss-curve history. First, without a Trainer: the training loader's place an
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 from itertools import islice
@@ -153,9 +154,8 @@ RUN = [*TINY, "data.dataset.num_videos=6", "data.num_classes=2", "~callbacks.vid
 
 
 def losses(run: Path) -> dict[int, float]:
-    """{step: train/loss} as the csv logger wrote them."""
-    (path,) = (run / "csv").rglob("metrics.csv")
-    rows = csv.DictReader(path.read_text().splitlines())
+    """{step: train/loss} as the csv logger wrote them (a version per start of the run)."""
+    rows = [row for path in sorted((run / "csv").rglob("metrics.csv")) for row in csv.DictReader(path.open())]
     return {int(row["step"]): float(row["train/loss"]) for row in rows if row.get("train/loss")}
 
 
@@ -237,3 +237,110 @@ def test_ddp_ranks_resume_their_data_shards_and_random_streams(tmp_path):
     resumed = run("resumed", "hydra.run.dir=logs/quickstart/runs/resumed", f"ckpt_path={step_3}")
     assert sorted(losses(resumed)) == [3, 4, 5]
     assert_same_run(resumed, full, steps=range(3, 6))
+
+
+#################################################################################
+#        Pre-emption: a signal mid-epoch on 2 processes, the same command       #
+#################################################################################
+
+# 12 clips on 2 ranks in batches of 2: 3 steps an epoch. Every rank gets SIGTERM (the process group, as SLURM
+# signals every task) as step 4 ends, a batch into the second epoch. Validated at step 6; no periodic saves.
+PREEMPT = [
+    *RUN,
+    "data.dataset.num_videos=12",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=6",
+    "callbacks.model_checkpoint.every_n_train_steps=1000",
+    "+callbacks.clips._target_=tests.helpers.probes.ClipsProbe",
+    "+callbacks.clips.dirpath=${paths.output_dir}/clips",
+    "+callbacks.start._target_=tests.helpers.probes.StartProbe",
+    "+callbacks.start.dirpath=${paths.output_dir}/starts",
+]
+TWO_PROCESSES = DDP[1:5]
+STOP = ["+callbacks.stop._target_=tests.helpers.probes.SignalAtStep", "+callbacks.stop.step=4"]
+
+
+def train_py(cwd: Path, name: str, *overrides: str) -> tuple[int, Path]:
+    """`python train.py` in its own process group into the run folder `name`: the exit code and the folder."""
+    command = [sys.executable, str(ROOT / "train.py"), *PREEMPT, *overrides, f"hydra.run.dir=runs/{name}"]
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=120, start_new_session=True
+    )
+    assert result.returncode in (0, 143), result.stderr[-3000:]
+    return result.returncode, cwd / "runs" / name
+
+
+def batches(run: Path, rank: int) -> dict[int, list[str]]:
+    """{step: the hashes of its clips} that rank `rank` of the run trained on, restarts included."""
+    lines = (run / "clips" / f"rank{rank}.jsonl").read_text().splitlines()
+    return {line["step"]: line["clips"] for line in map(json.loads, lines)}
+
+
+def clips(run: Path, steps: range) -> list[str]:
+    """The hashes of the clips all ranks of the run trained on at `steps`, sorted."""
+    ranks = [batches(run, rank) for rank in range(len(list((run / "clips").iterdir())))]
+    return sorted(clip for rank in ranks for step, batch in rank.items() if step in steps for clip in batch)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory) -> dict[str, Path]:
+    """Run folders: "full" (8 steps on 2 processes) and "stopped" (a copy of one stopped at step 4)."""
+    root = tmp_path_factory.mktemp("preempt")
+    code, full = train_py(root, "full", *TWO_PROCESSES)
+    assert code == 0
+    code, stopped = train_py(root, "stopped", *TWO_PROCESSES, *STOP)
+    assert code == 143, "a run stopped by SIGTERM exits as SIGTERM would end it"
+    assert last_checkpoint(stopped)["global_step"] == 4, "every rank saves and stops at the same step"
+    return {"root": root, "full": full, "stopped": stopped.rename(root / "stopped")}
+
+
+def restart(preempted: dict[str, Path], *overrides: str) -> Path:
+    """The stopped run (a fresh copy) started again in its folder by the same command + `overrides`."""
+    run = preempted["root"] / "runs" / "stopped"  # where it ran: the checkpoint callback's state names it
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(preempted["stopped"], run)
+    code, run = train_py(preempted["root"], "stopped", *TWO_PROCESSES, *STOP, *overrides)
+    assert code == 0
+    return run
+
+
+def adam_moments(checkpoint: dict) -> list[torch.Tensor]:
+    """The first Adam moment of every parameter in the checkpoint's optimizer state."""
+    return [state["exp_avg"] for state in checkpoint["optimizer_states"][0]["state"].values()]
+
+
+@pytest.mark.slow
+def test_a_preempted_multi_process_run_started_again_continues_as_if_never_stopped(preempted):
+    """The same command again resumes from the run folder's checkpoint: losses after the restart, validation,
+    final weights, EMA, Adam moments, step count and data order are the uninterrupted run's, bit for bit."""
+    run = restart(preempted)
+    assert sorted(losses(run)) == list(range(8)), "each step's loss once: before the stop and after the start"
+    assert_same_run(run, preempted["full"], steps=range(8))
+    full, resumed = last_checkpoint(preempted["full"]), last_checkpoint(run)
+    assert full["global_step"] == resumed["global_step"] == 8
+    moments = adam_moments(full), adam_moments(resumed)
+    assert moments[0] and all(map(torch.equal, *moments)), "the optimizer state differs"
+    assert all(batches(run, rank) == batches(preempted["full"], rank) for rank in (0, 1)), "the data order"
+
+
+@pytest.mark.slow
+def test_a_preempted_two_process_run_continues_on_one_with_its_state_and_the_rest_of_the_epoch(preempted):
+    """Restarted on 1 process, the run continues from step 4 with the checkpoint's optimizer state and EMA,
+    trains on the 8 clips of the epoch the 2 processes had not used, then starts the next epoch as 1 process
+    does. Its losses differ from the 2-process run's: a step now averages 2 clips instead of 4."""
+    stopped = last_checkpoint(preempted["stopped"])
+    run = restart(preempted, "trainer.devices=1", "trainer.max_steps=9")
+    assert last_checkpoint(run)["global_step"] == 9
+    start = torch.load(run / "starts" / "start_step4_rank0.pt", weights_only=True)
+    ema = {k: v for k, v in stopped["state_dict"].items() if k.startswith("ema.")}
+    assert ema and all(torch.equal(start["ema"][k], v) for k, v in ema.items()), "the EMA started afresh"
+    (optimizer,) = start["optim"]
+    started = adam_moments({"optimizer_states": [optimizer]})
+    assert started and all(map(torch.equal, started, adam_moments(stopped))), "the optimizer started afresh"
+
+    full = preempted["full"]
+    epoch = clips(full, range(3, 6))  # the second epoch's 12 clips (their draws depend on the epoch only)
+    assert len(clips(run, range(4, 8))) == 8, "1 process: 4 steps of 2 clips finish the epoch"
+    assert sorted(clips(run, range(3, 4)) + clips(run, range(4, 8))) == epoch, "each clip of the epoch once"
+    first = [batches(full, rank)[6][0] for rank in (0, 1)]  # the third epoch's first 2 clips
+    assert batches(run, 0)[8] == first, "then the next epoch, in its order, on 1 process"
