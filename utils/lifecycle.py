@@ -191,8 +191,8 @@ class SignalsBetweenSteps(Callback):
         self.noted.add(signum)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args, **kwargs) -> None:
-        counts = sum_over_ranks([signum in self.noted for signum in self.signals], pl_module.device)
-        self.noted.clear()
+        noted, self.noted = self.noted, set()  # a signal that comes meanwhile waits for the next step
+        counts = sum_over_ranks([signum in noted for signum in self.signals], pl_module.device)
         for signum, count in zip(self.signals, counts):
             if count and signum in self.handlers:  # some rank got it: every rank runs the handler now
                 self.handlers[signum](signum, None)
