@@ -15,12 +15,13 @@ Validation and test batches stay video-only: Latte evaluates (and samples) video
 validation loss comparable between joint and video-only runs.
 
 Training order and exact resume: the training loader (`ResumableLoader`) shuffles by (seed, epoch), one shard
-per DDP rank (`EpochSampler`, a DistributedSampler, which Lightning keeps), and counts the batches it hands
-out; Lightning saves that place in the checkpoint and restores it on resume, so the resumed run gets the rest
-of the epoch, then the same later epochs. Every training item is read with the global RNGs (torch CPU, numpy,
-python) seeded by (seed, epoch, index) (`EpochSeededItems`): a clip's random window, flip or latent noise is
-the same in any process, DataLoader worker or resumed run, and new in every epoch. The loaders draw their
-worker seeds from their own generator: data loading never touches the training process's global RNG.
+per DDP rank (`EpochSampler`, a DistributedSampler, which Lightning keeps), and counts the clips of the epoch
+all ranks used; Lightning saves that place in the checkpoint and restores it on resume, so the resumed run
+gets the rest of the epoch (shared out among its ranks, however many there are now), then the same later
+epochs. Every training item is read with the global RNGs (torch CPU, numpy, python) seeded by (seed, epoch,
+index) (`EpochSeededItems`): a clip's random window, flip or latent noise is the same in any process,
+DataLoader worker or resumed run, and new in every epoch. The loaders draw their worker seeds from their own
+generator: data loading never touches the training process's global RNG.
 
 Latent cache (`use_latent_cache=True`, see datamodules/cache_latents.py): training and validation items carry
 VAE latents instead of pixels, {"latents": (f, zc, r/ds, r/ds), ...}, and batches
@@ -34,7 +35,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from utils.rng import seeded_rngs, stable_seed
@@ -197,16 +198,30 @@ class WithImageFrames(Dataset):
 
 
 class EpochSampler(DistributedSampler):
-    """DistributedSampler's (seed, epoch) shuffle, this rank's shard of it from item `start` on, as (epoch,
-    index) pairs, so that each item's random draws can depend on its epoch (`EpochSeededItems`)."""
+    """DistributedSampler's (seed, epoch) shuffle as (epoch, index) pairs, from position `start` of it on.
+
+    An item's random draws depend on its epoch (`EpochSeededItems`). The first `start` clips of the epoch's
+    permutation are the ones used before (by all ranks together, on any number of ranks): this rank gets its
+    interleaved shard of the rest, padded to the ranks as DistributedSampler pads. With `start` = 0 that is
+    DistributedSampler's shard; after k batches of b on each of n ranks it is the rest of that shard, since
+    those batches held exactly the first k * b * n positions.
+    """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.start = 0  # items of this rank's epoch to skip (set by the loader when it resumes)
+        self.start = 0  # clips of this epoch's permutation used before (set by the loader)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = list(super().__iter__())[self.start :]
-        return iter([(self.epoch, index) for index in indices])
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)  # DistributedSampler's shuffle
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        rest = order[self.start :]
+        rest += (order * self.num_replicas)[: -len(rest) % self.num_replicas]  # DistributedSampler's padding
+        return iter([(self.epoch, index) for index in rest[self.rank :: self.num_replicas]])
+
+    def batches_left(self, batch_size: int) -> int:
+        """The full batches of `batch_size` in this rank's shard of the rest of the epoch."""
+        rest = max(len(self.dataset) - self.start, 0)
+        return -(-rest // self.num_replicas) // batch_size
 
 
 class EpochSeededItems(Dataset):
@@ -233,31 +248,48 @@ class ResumableLoader(DataLoader):
     Each pass continues the current epoch where the last one stopped; a pass at its end starts the next
     epoch, as does Lightning's `set_epoch` on the sampler. Lightning does not prefetch from a loader with a
     length, so the batches handed out are the batches trained on.
+
+    The place is the number of clips of the epoch's permutation used (by all ranks), so a run resumed on
+    another number of ranks continues the epoch's order: each rank takes its shard of the clips not yet used.
+    Lightning counts the epoch's batches of the old world size; `trainer` (when given) gets its count moved to
+    the batches of this world size the used clips fill, so that the epoch ends where its data ends.
     """
 
-    def __init__(self, dataset: Dataset, sampler: EpochSampler, **kwargs: Any):
+    def __init__(
+        self, dataset: Dataset, sampler: EpochSampler, trainer: Trainer | None = None, **kwargs: Any
+    ):
         super().__init__(EpochSeededItems(dataset, sampler.seed), sampler=sampler, **kwargs)
-        self.epoch, self.used = 0, 0  # the epoch and how many of its batches were handed out
+        self.trainer = trainer
+        self.epoch, self.used, self.clips = 0, 0, 0  # the epoch, its batches handed out, its clips used
 
     def __iter__(self) -> Iterator[Any]:
         if self.sampler.epoch != self.epoch:  # Lightning's set_epoch
-            self.epoch, self.used = self.sampler.epoch, 0
+            self.epoch, self.used, self.clips = self.sampler.epoch, 0, 0
         elif self.used >= len(self):  # the epoch is over: the next one
-            self.epoch, self.used = self.epoch + 1, 0
+            self.epoch, self.used, self.clips = self.epoch + 1, 0, 0
         self.sampler.set_epoch(self.epoch)
-        self.sampler.start = self.used * self.batch_size
+        self.sampler.start = self.clips
         for batch in super().__iter__():
             self.used += 1
+            self.clips += self.batch_size * self.sampler.num_replicas
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Where the stream stands: the epoch and the batches of it used."""
-        return {"epoch": self.epoch, "batches": self.used}
+        """Where the stream stands: the epoch, its batches this rank used and its clips all ranks used."""
+        return {"epoch": self.epoch, "batches": self.used, "clips": self.clips}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from `state_dict()`'s place (Lightning calls it before the resumed run's first pass)."""
-        self.epoch, self.used = state["epoch"], state["batches"]
+        """Continue from `state_dict()`'s place (Lightning calls it before the resumed run's first pass); a
+        place without "clips" (older checkpoints) counts batches of this world size."""
+        self.epoch = state["epoch"]
+        self.clips = state.get("clips", state["batches"] * self.batch_size * self.sampler.num_replicas)
         self.sampler.set_epoch(self.epoch)
+        self.sampler.start = self.clips
+        self.used = len(self) - self.sampler.batches_left(self.batch_size)
+        if self.trainer is not None and self.used != state["batches"]:  # another world size
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current  # restored, not yet reset
+            for name in ("ready", "started", "processed", "completed"):
+                setattr(progress, name, getattr(progress, name) + self.used - state["batches"])
 
 
 #################################################################################
@@ -399,7 +431,8 @@ class VideoDataModule(LightningDataModule):
         if self.trainer is not None and self.trainer.overfit_batches > 0:  # Lightning swaps the sampler
             return DataLoader(dataset, shuffle=True, **settings)
         shard = (self.trainer and self.trainer.distributed_sampler_kwargs) or {}  # DDP: num_replicas, rank
-        return ResumableLoader(dataset, EpochSampler(dataset, **shard, seed=self.seed), **settings)
+        sampler = EpochSampler(dataset, **shard, seed=self.seed)
+        return ResumableLoader(dataset, sampler, trainer=self.trainer, **settings)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training clips (+ their image frames), resumable; incomplete last batches dropped."""

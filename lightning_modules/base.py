@@ -70,7 +70,7 @@ class VideoModule(LightningModule):
         self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
 
     def configure_model(self) -> None:
-        """``trainer=fsdp``: shard every saved submodule over all ranks (``utils.strategies.shard_module``)."""
+        """``trainer=fsdp``: shard the saved submodules over all ranks (``utils.strategies.shard_module``)."""
         strategy = self.trainer.strategy
         if isinstance(strategy, ShardedDataParallel) and not is_sharded(self):
             mesh = self.device_mesh["data_parallel"]

@@ -5,17 +5,21 @@ its loss-curve history. First, without a Trainer: the training loader's place an
 import csv
 import json
 import random
+import shutil
 import subprocess
 import sys
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from lightning.pytorch.loops.progress import _BatchProgress
+from torch.utils.data import Dataset, DistributedSampler
 
 from datamodules import VideoDataModule
+from datamodules.video import EpochSampler, ResumableLoader
 from tests.conftest import ROOT, TINY, compose_train
 from utils.run import train
 
@@ -69,14 +73,75 @@ def test_training_items_draw_from_seed_epoch_and_index_and_the_loader_resumes_it
     loader = training_loader(num_workers=0)
     loader.sampler.set_epoch(1)  # as Lightning does at each epoch start
     assert draws(loader, batches=1) == epochs[1][:3]
-    assert loader.state_dict() == {"epoch": 1, "batches": 1}
+    assert loader.state_dict() == {"epoch": 1, "batches": 1, "clips": 3}
 
     resumed = training_loader(num_workers=1)  # a new process with a worker: the same items and draws
-    resumed.load_state_dict({"epoch": 1, "batches": 1})
+    resumed.load_state_dict({"epoch": 1, "batches": 1, "clips": 3})
     assert draws(resumed) == epochs[1][3:], "the resumed loader hands out the rest of the epoch"
-    assert resumed.state_dict() == {"epoch": 1, "batches": 3}
+    assert resumed.state_dict() == {"epoch": 1, "batches": 3, "clips": 9}
     resumed.sampler.set_epoch(2)
     assert draws(resumed) == epochs[2], "and then the same next epoch"
+
+
+def rank_loaders(ranks: int, trainer=None) -> list[ResumableLoader]:
+    """The training loaders of `ranks` DDP ranks over `RandomDraws` (10 clips) in batches of 2."""
+    dataset = RandomDraws("train", num_frames=2, resolution=8, num_classes=0)
+    samplers = [EpochSampler(dataset, num_replicas=ranks, rank=rank) for rank in range(ranks)]
+    return [ResumableLoader(dataset, s, trainer, batch_size=2, drop_last=True) for s in samplers]
+
+
+def test_a_resume_on_another_number_of_ranks_shares_out_the_rest_of_the_epoch():
+    """2 ranks use a batch of 2 clips each; resumed on 1 or 3 ranks, the ranks get the 6 clips of the epoch's
+    permutation not used yet, each once, with their draws; then the next epoch is sharded as usual."""
+    (everything,) = rank_loaders(1)
+    everything.sampler.set_epoch(1)
+    epoch = {row[0]: row for row in draws(everything)}  # clip -> its draws in epoch 1, on any rank
+    order = [index for _, index in everything.sampler]  # the epoch's permutation of the 10 clips
+    before = rank_loaders(2)
+    for rank, loader in enumerate(before):
+        loader.sampler.set_epoch(1)
+        shard = DistributedSampler(range(10), num_replicas=2, rank=rank, seed=0)
+        shard.set_epoch(1)
+        assert [index for _, index in loader.sampler] == list(shard) == order[rank::2], "interleaved shards"
+    used = [row for loader in before for row in draws(loader, batches=1)]
+    place = before[0].state_dict()
+    assert place == before[1].state_dict() == {"epoch": 1, "batches": 1, "clips": 4}
+    assert sorted(row[0] for row in used) == sorted(order[:4]), "k batches of b on n ranks: k*b*n first clips"
+
+    for ranks in (1, 3):
+        after = rank_loaders(ranks)
+        for loader in after:
+            loader.load_state_dict(place)
+        rest = [row for loader in after for row in draws(loader)]
+        assert sorted(row[0] for row in rest) == sorted(order[4:]), f"{ranks} ranks: not the epoch's rest"
+        assert all(row == epoch[row[0]] for row in rest), "a clip's draws depend on its epoch, not its rank"
+        assert all(loader.state_dict()["batches"] == len(loader) for loader in after), "the epoch is over"
+        for loader, fresh in zip(after, rank_loaders(ranks)):
+            fresh.sampler.set_epoch(2)
+            assert draws(loader) == draws(fresh), "the next epoch is sharded as in a run that started here"
+
+    (single,) = rank_loaders(1)
+    single.load_state_dict(place)
+    assert [row[0] for row in draws(single)] == order[4:], "one rank takes the rest in the epoch's order"
+    older = rank_loaders(2)  # a place saved before "clips" counted batches: of this world size
+    older[1].load_state_dict({"epoch": 1, "batches": 1})
+    assert draws(older[1]) == draws(before[1]), "an older checkpoint resumes on its own world size"
+
+
+def test_a_resume_on_another_number_of_ranks_moves_lightnings_batch_count_to_the_new_one():
+    """Lightning ends an epoch by its count of the epoch's batches: after 1 batch on 1 rank (2 clips used),
+    2 ranks have 2 batches of the 8 other clips left of the 2 an epoch now holds, so the count starts at 0."""
+    (alone,) = rank_loaders(1)
+    alone.sampler.set_epoch(1)
+    draws(alone, batches=1)
+    for rank in (0, 1):
+        progress = _BatchProgress()
+        progress.increment_by(1)  # as restored from the checkpoint: 1 batch of the epoch done
+        epoch_loop = SimpleNamespace(batch_progress=progress)
+        loader = rank_loaders(2, SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=epoch_loop)))[rank]
+        loader.load_state_dict(alone.state_dict())
+        assert len(loader) == 2 and len(draws(loader)) == 4, "2 batches of 2 clips are left on each rank"
+        assert (progress.current.ready, progress.current.completed, progress.total.ready) == (0, 0, 1)
 
 
 #################################################################################
@@ -89,9 +154,8 @@ RUN = [*TINY, "data.dataset.num_videos=6", "data.num_classes=2", "~callbacks.vid
 
 
 def losses(run: Path) -> dict[int, float]:
-    """{step: train/loss} as the csv logger wrote them."""
-    (path,) = (run / "csv").rglob("metrics.csv")
-    rows = csv.DictReader(path.read_text().splitlines())
+    """{step: train/loss} as the csv logger wrote them (a version per start of the run)."""
+    rows = [row for path in sorted((run / "csv").rglob("metrics.csv")) for row in csv.DictReader(path.open())]
     return {int(row["step"]): float(row["train/loss"]) for row in rows if row.get("train/loss")}
 
 
@@ -173,3 +237,110 @@ def test_ddp_ranks_resume_their_data_shards_and_random_streams(tmp_path):
     resumed = run("resumed", "hydra.run.dir=logs/quickstart/runs/resumed", f"ckpt_path={step_3}")
     assert sorted(losses(resumed)) == [3, 4, 5]
     assert_same_run(resumed, full, steps=range(3, 6))
+
+
+#################################################################################
+#        Pre-emption: a signal mid-epoch on 2 processes, the same command       #
+#################################################################################
+
+# 12 clips on 2 ranks in batches of 2: 3 steps an epoch. Every rank gets SIGTERM (the process group, as SLURM
+# signals every task) as step 4 ends, a batch into the second epoch. Validated at step 6; no periodic saves.
+PREEMPT = [
+    *RUN,
+    "data.dataset.num_videos=12",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=6",
+    "callbacks.model_checkpoint.every_n_train_steps=1000",
+    "+callbacks.clips._target_=tests.helpers.probes.ClipsProbe",
+    "+callbacks.clips.dirpath=${paths.output_dir}/clips",
+    "+callbacks.start._target_=tests.helpers.probes.StartProbe",
+    "+callbacks.start.dirpath=${paths.output_dir}/starts",
+]
+TWO_PROCESSES = DDP[1:5]
+STOP = ["+callbacks.stop._target_=tests.helpers.probes.SignalAtStep", "+callbacks.stop.step=4"]
+
+
+def train_py(cwd: Path, name: str, *overrides: str) -> tuple[int, Path]:
+    """`python train.py` in its own process group into the run folder `name`: the exit code and the folder."""
+    command = [sys.executable, str(ROOT / "train.py"), *PREEMPT, *overrides, f"hydra.run.dir=runs/{name}"]
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=120, start_new_session=True
+    )
+    assert result.returncode in (0, 143), result.stderr[-3000:]
+    return result.returncode, cwd / "runs" / name
+
+
+def batches(run: Path, rank: int) -> dict[int, list[str]]:
+    """{step: the hashes of its clips} that rank `rank` of the run trained on, restarts included."""
+    lines = (run / "clips" / f"rank{rank}.jsonl").read_text().splitlines()
+    return {line["step"]: line["clips"] for line in map(json.loads, lines)}
+
+
+def clips(run: Path, steps: range) -> list[str]:
+    """The hashes of the clips all ranks of the run trained on at `steps`, sorted."""
+    ranks = [batches(run, rank) for rank in range(len(list((run / "clips").iterdir())))]
+    return sorted(clip for rank in ranks for step, batch in rank.items() if step in steps for clip in batch)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory) -> dict[str, Path]:
+    """Run folders: "full" (8 steps on 2 processes) and "stopped" (a copy of one stopped at step 4)."""
+    root = tmp_path_factory.mktemp("preempt")
+    code, full = train_py(root, "full", *TWO_PROCESSES)
+    assert code == 0
+    code, stopped = train_py(root, "stopped", *TWO_PROCESSES, *STOP)
+    assert code == 143, "a run stopped by SIGTERM exits as SIGTERM would end it"
+    assert last_checkpoint(stopped)["global_step"] == 4, "every rank saves and stops at the same step"
+    return {"root": root, "full": full, "stopped": stopped.rename(root / "stopped")}
+
+
+def restart(preempted: dict[str, Path], *overrides: str) -> Path:
+    """The stopped run (a fresh copy) started again in its folder by the same command + `overrides`."""
+    run = preempted["root"] / "runs" / "stopped"  # where it ran: the checkpoint callback's state names it
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(preempted["stopped"], run)
+    code, run = train_py(preempted["root"], "stopped", *TWO_PROCESSES, *STOP, *overrides)
+    assert code == 0
+    return run
+
+
+def adam_moments(checkpoint: dict) -> list[torch.Tensor]:
+    """The first Adam moment of every parameter in the checkpoint's optimizer state."""
+    return [state["exp_avg"] for state in checkpoint["optimizer_states"][0]["state"].values()]
+
+
+@pytest.mark.slow
+def test_a_preempted_multi_process_run_started_again_continues_as_if_never_stopped(preempted):
+    """The same command again resumes from the run folder's checkpoint: losses after the restart, validation,
+    final weights, EMA, Adam moments, step count and data order are the uninterrupted run's, bit for bit."""
+    run = restart(preempted)
+    assert sorted(losses(run)) == list(range(8)), "each step's loss once: before the stop and after the start"
+    assert_same_run(run, preempted["full"], steps=range(8))
+    full, resumed = last_checkpoint(preempted["full"]), last_checkpoint(run)
+    assert full["global_step"] == resumed["global_step"] == 8
+    moments = adam_moments(full), adam_moments(resumed)
+    assert moments[0] and all(map(torch.equal, *moments)), "the optimizer state differs"
+    assert all(batches(run, rank) == batches(preempted["full"], rank) for rank in (0, 1)), "the data order"
+
+
+@pytest.mark.slow
+def test_a_preempted_two_process_run_continues_on_one_with_its_state_and_the_rest_of_the_epoch(preempted):
+    """Restarted on 1 process, the run continues from step 4 with the checkpoint's optimizer state and EMA,
+    trains on the 8 clips of the epoch the 2 processes had not used, then starts the next epoch as 1 process
+    does. Its losses differ from the 2-process run's: a step now averages 2 clips instead of 4."""
+    stopped = last_checkpoint(preempted["stopped"])
+    run = restart(preempted, "trainer.devices=1", "trainer.max_steps=9")
+    assert last_checkpoint(run)["global_step"] == 9
+    start = torch.load(run / "starts" / "start_step4_rank0.pt", weights_only=True)
+    ema = {k: v for k, v in stopped["state_dict"].items() if k.startswith("ema.")}
+    assert ema and all(torch.equal(start["ema"][k], v) for k, v in ema.items()), "the EMA started afresh"
+    (optimizer,) = start["optim"]
+    started = adam_moments({"optimizer_states": [optimizer]})
+    assert started and all(map(torch.equal, started, adam_moments(stopped))), "the optimizer started afresh"
+
+    full = preempted["full"]
+    epoch = clips(full, range(3, 6))  # the second epoch's 12 clips (their draws depend on the epoch only)
+    assert len(clips(run, range(4, 8))) == 8, "1 process: 4 steps of 2 clips finish the epoch"
+    assert sorted(clips(run, range(3, 4)) + clips(run, range(4, 8))) == epoch, "each clip of the epoch once"
+    first = [batches(full, rank)[6][0] for rank in (0, 1)]  # the third epoch's first 2 clips
+    assert batches(run, 0)[8] == first, "then the next epoch, in its order, on 1 process"

@@ -9,12 +9,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 from hydra.errors import HydraException, InstantiationException
+from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf.errors import OmegaConfBaseException
+
+from utils.distributed import sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +129,9 @@ def stop_on_signals() -> Iterator[Stop]:
     """Record SIGTERM and SIGINT for the exit code, and turn a first Ctrl+C into SIGTERM.
 
     Lightning answers SIGTERM by finishing the current optimizer step and raising ``SIGTERMException`` (on
-    every DDP rank at the same step); the checkpoint callback then saves that step. Lightning chains the
-    SIGTERM handler set here. A second Ctrl+C interrupts at once, as Python's default does.
+    every DDP rank at the same step: :class:`SignalsBetweenSteps`); the checkpoint callback then saves that
+    step. Lightning chains the SIGTERM handler set here. A second Ctrl+C interrupts at once, as Python's
+    default does.
     """
     stop, previous = Stop(), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -153,3 +158,41 @@ def stop_on_signals() -> Iterator[Stop]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class SignalsBetweenSteps(Callback):
+    """Runs Lightning's handlers of SIGTERM and SLURM's requeue signal between training steps, on all ranks.
+
+    Lightning's handlers talk to the other ranks from inside the handler: its SIGTERM handler broadcasts and
+    forwards the signal to the ranks it launched, its SLURM handler (SIGUSR1) writes ``hpc_ckpt_<n>.ckpt`` (a
+    collective save). A handler runs wherever its process happens to be, so with every rank signalled (SLURM,
+    a kill of the process group) the ranks' collectives go out of step and the run can hang. Here a signal is
+    only noted; after each step the ranks add up what they noted, and when any rank got a signal, every rank
+    runs its handler there: all ranks save and stop at the same step. Added to every training run by
+    ``utils.run.train``.
+    """
+
+    signals = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.handlers: dict[int, Callable] = {}  # Lightning's handlers of the signals taken over
+        self.noted: set[int] = set()
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Take over the signals Lightning handles (it set its handlers after on_fit_start, before this)."""
+        for signum in self.signals:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self.handlers[signum] = handler
+                signal.signal(signum, self.note)
+
+    def note(self, signum: int, frame: FrameType | None) -> None:
+        """The handler while training: note the signal for the end of the step."""
+        self.noted.add(signum)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args, **kwargs) -> None:
+        noted, self.noted = self.noted, set()  # a signal that comes meanwhile waits for the next step
+        counts = sum_over_ranks([signum in noted for signum in self.signals], pl_module.device)
+        for signum, count in zip(self.signals, counts):
+            if count and signum in self.handlers:  # some rank got it: every rank runs the handler now
+                self.handlers[signum](signum, None)

@@ -17,7 +17,7 @@ from backbones import load_official_latte
 from lightning_modules import VideoModule
 from utils.config import instantiate_map
 from utils.files import META, load_file
-from utils.lifecycle import USER_ERRORS, ConfigError, stop_on_signals
+from utils.lifecycle import USER_ERRORS, ConfigError, SignalsBetweenSteps, stop_on_signals
 from utils.video import video_grid, write_gif, write_mp4
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )  # -> checkpoint + loggers
     callbacks = instantiate_map(cfg.get("callbacks"), "callback")
     loggers = instantiate_map(cfg.get("logger"), "logger")
+    callbacks.append(SignalsBetweenSteps())  # every rank saves and stops at the same step
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     exit_code = 0
     try:

@@ -3,6 +3,8 @@
 import copy
 import hashlib
 import json
+import os
+import signal as signal_module
 from pathlib import Path
 
 import torch
@@ -11,17 +13,22 @@ from lightning.pytorch import Callback
 
 class StartProbe(Callback):
     """Records the step count, EMA weights, all weights and optimizer states a run starts training from (in
-    the class attribute ``seen``)."""
+    the class attribute ``seen``, and with a ``dirpath`` in ``start_step<n>_rank<r>.pt`` for a subprocess)."""
 
     seen: list[dict] = []
+
+    def __init__(self, dirpath: str | None = None):
+        self.dirpath = dirpath and Path(dirpath)
 
     def on_train_start(self, trainer, module) -> None:
         ema = {f"ema.{k}": v.detach().clone() for k, v in module.ema.state_dict().items()}
         weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         optimizers = [copy.deepcopy(optimizer.state_dict()) for optimizer in trainer.optimizers]
-        StartProbe.seen.append(
-            {"step": trainer.global_step, "ema": ema, "weights": weights, "optim": optimizers}
-        )
+        start = {"step": trainer.global_step, "ema": ema, "weights": weights, "optim": optimizers}
+        StartProbe.seen.append(start)
+        if self.dirpath:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            torch.save(start, self.dirpath / f"start_step{trainer.global_step}_rank{trainer.global_rank}.pt")
 
 
 class EndProbe(Callback):
@@ -86,3 +93,29 @@ class WeightsDigestProbe(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         record = {"step": trainer.global_step, "node": trainer.node_rank, "sha256": digest.hexdigest()}
         (self.dirpath / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal`` from rank 0 to the run's process group (every rank, as a scheduler stopping a job
+    does) once training reaches ``step``; a run started past ``step`` (the same command again) sends none."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step = step
+        self.signum = getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.killpg(os.getpgrp(), self.signum)
+
+
+class ClipsProbe(Callback):
+    """Appends to ``rank<r>.jsonl`` a line per training batch: the step and a sha256 of each clip in it."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        clips = [hashlib.sha256(clip.cpu().numpy().tobytes()).hexdigest() for clip in batch["video"]]
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as file:
+            file.write(json.dumps({"step": trainer.global_step, "clips": clips}) + "\n")
