@@ -57,6 +57,7 @@ def assert_same_training(sharded: dict, replicated: dict, atol: float) -> None:
 
 @pytest.mark.slow
 def test_fsdp_trains_latte_as_ddp_does_and_resumes_its_sharded_checkpoint_on_one_process(tmp_path):
+    """FSDP, eager and compiled (FSDP2 blocks in a compiled backbone), ends on DDP's weights, EMA and Adam."""
     ddp = train(tmp_path, "ddp", *TINY, "trainer=ddp", *CPU)
     fsdp = train(tmp_path, "fsdp", *TINY, "trainer=fsdp", *CPU)
     folder = fsdp / "checkpoints" / "last.ckpt"
@@ -67,9 +68,10 @@ def test_fsdp_trains_latte_as_ddp_does_and_resumes_its_sharded_checkpoint_on_one
         "meta.pt",
     ]
     assert not list(folder.parent.glob(".*")), "no temporary folder stays behind"
-    assert_same_training(
-        load_file(folder, "a checkpoint"), load_file(ddp / "checkpoints" / "last.ckpt", ""), 1e-5
-    )
+    replicated = load_file(ddp / "checkpoints" / "last.ckpt", "a checkpoint")
+    assert_same_training(load_file(folder, "a checkpoint"), replicated, 1e-5)
+    compiled = train(tmp_path, "compiled", *TINY, "trainer=fsdp", *CPU, "module.compile=true")
+    assert_same_training(load_file(compiled / "checkpoints" / "last.ckpt", "a checkpoint"), replicated, 1e-5)
 
     # the same command on one process, in the same folder: continues from the 2-process shards
     train(tmp_path, "fsdp", *TINY, "trainer=fsdp", *CPU[:2], "trainer.devices=1", "trainer.max_steps=6")
