@@ -505,3 +505,24 @@ def test_the_metrics_callback_refuses_its_ddim_sampler_for_flow_matching_before_
         train(compose_train(tmp_path, [*TINY, *overrides]))
     assert "sampler=euler" in str(error.value)
     assert not (tmp_path / "run" / "checkpoints").exists(), "no step was trained"
+
+
+def test_the_bf16_inference_path_samples_what_fp32_samples_within_bf16_tolerance_and_follows_the_weights():
+    """sampler.precision=bf16 on the CPU: the weights cast once, the sampler's arithmetic fp32; the cast copy
+    is refreshed from the model at every call (an EMA that moved is sampled as it is now)."""
+    torch.manual_seed(0)
+    model = Latte(size="tiny", patch_size=4, input_size=16, num_frames=4, in_channels=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # zero-initialised gates and head: make every block count
+    noise = torch.randn(2, 4, 3, 16, 16)
+    run = lambda sampler: sampler(model, GaussianDiffusion(num_timesteps=100), noise.shape, noise=noise)  # noqa: E731
+    reference, fast = run(Sampler("ddim", 10, precision="fp32")), Sampler("ddim", 10, precision="bf16")
+    out = run(fast)
+    assert fast._fast[1].dtype == torch.bfloat16 and out.dtype == torch.float32
+    rel = ((out - reference).norm() / reference.norm()).item()
+    assert 0 < rel < 3e-2, f"bf16 DDIM-10 deviates by {rel:.3e} (relative L2) from fp32"
+    with torch.no_grad():
+        model.final_layer.linear.bias.add_(0.5)  # the weights move (an EMA update)
+    moved = run(fast)
+    assert ((moved - out).norm() / out.norm()).item() > 1e-2, "the cast copy must follow the model's weights"
