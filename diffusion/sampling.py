@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from diffusion.flow_matching import FlowMatching
@@ -146,8 +146,9 @@ class SamplerBase:
         dtype = resolve_precision(self.precision, device)
         if dtype == torch.float32 and not self.compile:
             return model
-        if not isinstance(model, nn.Module) or isinstance(model, FSDPModule):  # a function, or sharded
-            return model if dtype == torch.float32 else _autocast(model, device, dtype)  # weights: autocast
+        sharded = isinstance(model, nn.Module) and any(isinstance(p, DTensor) for p in model.parameters())
+        if not isinstance(model, nn.Module) or sharded:  # a function, or FSDP's weights (no copy): autocast
+            return model if dtype == torch.float32 else _autocast(model, device, dtype)
         cached = self._fast
         if cached is None or cached[0]() is not model or cached[1].dtype != dtype:
             cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)

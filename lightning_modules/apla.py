@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor, Shard
 
 from diffusion import InversionSampler, Objective, SamplerBase
 from lightning_modules.base import VideoModule, uncounted
@@ -80,20 +80,22 @@ def select_trainable(backbone: nn.Module, patterns: list[str]) -> dict[str, slic
 def keep_query_rows(backbone: nn.Module, chosen: dict[str, slice | None]) -> None:
     """Zero the gradient rows that ``select_trainable``'s ``:q`` patterns leave frozen (before the step).
 
-    After the backward, not as a gradient hook: under trainer=fsdp the gradient is a row-sharded DTensor
-    that FSDP writes after the hooks, and the mask (rows, 1, ...) is sharded like it.
+    After the backward, not as a gradient hook: under trainer=fsdp the gradient is a DTensor sharded by rows
+    (``Shard(0)``: rank r holds rows r * ceil(n / ranks) on) that FSDP writes after the hooks.
     """
     params = dict(backbone.named_parameters())
     for name, rows in chosen.items():
         grad = params[name].grad
         if rows is None or grad is None:
             continue
-        shape = (grad.shape[0], *[1] * (grad.dim() - 1))  # (rows, 1, ...)
-        mask = torch.zeros(shape, dtype=grad.dtype, device=local(grad).device)
-        mask[rows] = 1
-        if isinstance(grad, DTensor):  # (rows, 1, ...) split over the ranks as the gradient's rows are
-            mask = distribute_tensor(mask, grad.device_mesh, grad.placements)
-        local(grad).mul_(local(mask))
+        first = 0  # the global index of this rank's first row
+        if isinstance(grad, DTensor):
+            assert grad.placements == (Shard(0),), f"{name}: FSDP shards rows, got {grad.placements}"
+            first = grad.device_mesh.get_local_rank() * -(-grad.shape[0] // grad.device_mesh.size())
+        mine = local(grad)  # (rows here, ...)
+        index = torch.arange(first, first + mine.shape[0], device=mine.device)  # (rows here,)
+        keep = (index >= rows.start) & (index < rows.stop)  # (rows here,)
+        mine.mul_(keep.to(mine.dtype).view(-1, *[1] * (mine.dim() - 1)))
 
 
 #################################################################################

@@ -21,7 +21,7 @@ CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=
 MODULES = {  # tiny runs of the three modules, 4 steps with checkpoints at steps 2 and 4
     "latte": TINY,
     "aapt_gan": AAPT_GAN,
-    "apla": [*APLA_RUN, "data.dataset.num_videos=2", "~callbacks.metrics"],
+    "apla": [*APLA_RUN, "data.dataset.num_videos=2", "~callbacks.metrics", "sampler.precision=bf16"],
 }
 PER_RANK_BUFFERS = ("first_frames.", "video_latents", "video_label")  # data each rank kept: not weights
 
@@ -57,7 +57,8 @@ def assert_same_training(sharded: dict, replicated: dict, atol: float) -> None:
 
 @pytest.mark.slow
 def test_fsdp_trains_latte_as_ddp_does_and_resumes_its_sharded_checkpoint_on_one_process(tmp_path):
-    """FSDP, eager and compiled (FSDP2 blocks in a compiled backbone), ends on DDP's weights, EMA and Adam."""
+    """FSDP ends on DDP's weights, EMA and Adam: eager, and compiled with weights gathered until the backward
+    (ZeRO-2; the EMA, sampled every 2 steps, reshards anyway)."""
     ddp = train(tmp_path, "ddp", *TINY, "trainer=ddp", *CPU)
     fsdp = train(tmp_path, "fsdp", *TINY, "trainer=fsdp", *CPU)
     folder = fsdp / "checkpoints" / "last.ckpt"
@@ -70,7 +71,11 @@ def test_fsdp_trains_latte_as_ddp_does_and_resumes_its_sharded_checkpoint_on_one
     assert not list(folder.parent.glob(".*")), "no temporary folder stays behind"
     replicated = load_file(ddp / "checkpoints" / "last.ckpt", "a checkpoint")
     assert_same_training(load_file(folder, "a checkpoint"), replicated, 1e-5)
-    compiled = train(tmp_path, "compiled", *TINY, "trainer=fsdp", *CPU, "module.compile=true")
+    zero2 = [
+        "module.compile=true",
+        "trainer.strategy.reshard_after_forward=false",
+    ]  # + EMA sampled every 2 steps
+    compiled = train(tmp_path, "compiled", *TINY, "trainer=fsdp", *CPU, *zero2)
     assert_same_training(load_file(compiled / "checkpoints" / "last.ckpt", "a checkpoint"), replicated, 1e-5)
 
     # the same command on one process, in the same folder: continues from the 2-process shards
@@ -111,24 +116,46 @@ def test_the_two_optimizer_modules_train_under_fsdp_as_under_ddp(tmp_path, modul
 #################################################################################
 
 
-def test_lockstep_sampling_calls_the_model_as_often_on_every_rank(monkeypatch):
-    """5 batches over 2 ranks: rank 0 has 2 (rank 1 has 3); under lockstep it samples a third and drops it."""
+class Kept:
+    """A metric suite that counts the videos it is given."""
 
-    class Counting:
-        device = torch.device("cpu")
-        videos = 0
+    device = torch.device("cpu")
 
-        def update(self, videos: torch.Tensor) -> None:
-            Counting.videos += len(videos)
+    def __init__(self):
+        self.videos = 0
 
-    calls = []
+    def update(self, videos: torch.Tensor) -> None:
+        self.videos += len(videos)
+
+
+def one_rank(monkeypatch, rank: int, ranks: int, videos: int, lockstep: bool) -> tuple[list[int], int, int]:
+    """(the batch sizes sample() was called with, the videos kept, the share returned) of ``rank``."""
+    calls, kept = [], Kept()
+    monkeypatch.setattr(suite, "rank_and_world_size", lambda: (rank, ranks))
     sample = lambda n, generator: calls.append(n) or torch.zeros(n, 2, 3, 4, 4)  # noqa: E731
-    monkeypatch.setattr(suite, "rank_and_world_size", lambda: (0, 2))
-    assert suite.update_with_samples(Counting(), sample, 9, 2, progress=False) == 4
-    assert calls == [2, 2] and Counting.videos == 4
-    calls.clear()
-    assert suite.update_with_samples(Counting(), sample, 9, 2, progress=False, lockstep=True) == 4
-    assert len(calls) == 3 and Counting.videos == 8, "one more call, its videos dropped"
+    share = suite.update_with_samples(kept, sample, videos, 2, progress=False, lockstep=lockstep)
+    return calls, kept.videos, share
+
+
+@pytest.mark.parametrize("videos, ranks", [(9, 2), (10, 3), (7, 4), (8, 2)])
+def test_lockstep_sampling_calls_the_model_as_often_on_every_rank(monkeypatch, videos, ranks):
+    """Batches of 2 over the ranks: in lockstep every rank calls sample() as often, and together they still
+    keep exactly the videos asked for."""
+    runs = [one_rank(monkeypatch, rank, ranks, videos, lockstep=True) for rank in range(ranks)]
+    assert len({len(calls) for calls, _, _ in runs}) == 1, f"unequal calls per rank: {runs}"
+    assert all(kept == share for _, kept, share in runs) and sum(kept for _, kept, _ in runs) == videos
+
+
+def test_lockstep_drops_the_extra_batch_of_a_rank_with_fewer(monkeypatch):
+    """5 batches over 2 ranks: rank 0 has 2 (rank 1 has 3); under lockstep it samples a third and drops it."""
+    assert one_rank(monkeypatch, 0, 2, 9, lockstep=False) == ([2, 2], 4, 4)
+    assert one_rank(monkeypatch, 0, 2, 9, lockstep=True) == ([2, 2, 2], 4, 4)
+
+
+def test_a_sharded_checkpoint_swapped_out_when_a_crash_came_is_still_found(tmp_path):
+    (tmp_path / "checkpoints" / ".last.ckpt.old").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".last.ckpt.old" / "meta.pt").write_bytes(b"x")
+    assert checkpoint_in_run_folder(tmp_path) == str(tmp_path / "checkpoints" / ".last.ckpt.old")
 
 
 def test_a_run_folder_resumes_from_its_newest_checkpoint_file_or_sharded_folder(tmp_path):

@@ -18,6 +18,7 @@ from lightning_modules import VideoModule
 from utils.config import instantiate_map
 from utils.files import META, load_file
 from utils.lifecycle import USER_ERRORS, ConfigError, SignalsBetweenSteps, stop_on_signals
+from utils.strategies import aside
 from utils.video import video_grid, write_gif, write_mp4
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def checkpoint_in_run_folder(output_dir: Path) -> str | None:
     checkpoint folders under ``trainer=fsdp``.
     """
     candidates = [*output_dir.glob("hpc_ckpt_*.ckpt"), output_dir / "checkpoints" / "last.ckpt"]
+    candidates = [path if path.exists() else aside(path) for path in candidates]  # a crashed sharded swap
     written = {path: path / META if path.is_dir() else path for path in candidates}  # a folder: trainer=fsdp
     found = [path for path, file in written.items() if file.is_file()]
     if not found:

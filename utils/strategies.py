@@ -80,17 +80,30 @@ def shard_module(
     for name, child in module.named_children():
         if name in skip or not any(True for _ in child.parameters()) or isinstance(child, FSDPModule):
             continue
-        for blocks in [
-            m.blocks for m in child.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)
-        ]:
-            for block in blocks:
-                fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(child, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        trained = any(p.requires_grad for p in child.parameters())  # the EMA, a teacher: no backward ever
+        reshard = reshard_after_forward or not trained  # reshards what their forwards leave gathered
+        blocks = [m.blocks for m in child.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
+        for block in [block for blocklist in blocks for block in blocklist]:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(child, mesh=mesh, reshard_after_forward=reshard)
 
 
 #################################################################################
 #                                   Strategy                                    #
 #################################################################################
+
+
+def aside(path: Path) -> Path:
+    """Where a sharded checkpoint folder stays while its replacement is renamed in: ``.<name>.old``."""
+    return path.with_name(f".{path.name}.old")
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a folder, if there is one."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class ShardedDataParallel(ModelParallelStrategy):
@@ -101,7 +114,8 @@ class ShardedDataParallel(ModelParallelStrategy):
     """
 
     def __init__(self, reshard_after_forward: bool = True, **kwargs: Any):
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+        kwargs = {"data_parallel_size": "auto", "tensor_parallel_size": 1, **kwargs}
+        super().__init__(save_distributed_checkpoint=True, **kwargs)  # one file per rank: resumes anywhere
         self.reshard_after_forward = reshard_after_forward
 
     def setup_environment(self) -> None:
@@ -109,13 +123,14 @@ class ShardedDataParallel(ModelParallelStrategy):
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any = None) -> None:
-        """Write the shards and ``meta.pt`` to a temporary folder, then swap it in: a crash keeps the old."""
-        if not self._save_distributed_checkpoint:
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        """Write the shards and ``meta.pt`` to a temporary folder, then swap it in: a crash at any point keeps
+        a whole checkpoint, under its name or, between the two renames, as ``.<name>.old`` (which
+        ``utils.run.checkpoint_in_run_folder`` also finds)."""
         path = Path(self.broadcast(str(filepath)))
-        tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+        tmp, old = path.with_name(f".{path.name}.tmp"), aside(path)
         if self.global_rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove(tmp)
+            remove(old)  # a swap that crashed while it removed the previous one
         self.barrier()
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier()
@@ -123,7 +138,7 @@ class ShardedDataParallel(ModelParallelStrategy):
             if path.exists():
                 os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            remove(old)
         self.barrier()
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
