@@ -71,7 +71,7 @@ class VideoModule(LightningModule):
 
     def configure_model(self) -> None:
         """``trainer=fsdp``: shard the saved submodules over all ranks (``utils.strategies.shard_module``)."""
-        strategy = self.trainer.strategy
+        strategy = self._trainer.strategy if self._trainer is not None else None  # None: called by hand
         if isinstance(strategy, ShardedDataParallel) and not is_sharded(self):
             mesh = self.device_mesh["data_parallel"]
             shard_module(self, mesh, skip=self.unsaved, reshard_after_forward=strategy.reshard_after_forward)
