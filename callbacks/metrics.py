@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from diffusion import SamplerBase
 from metrics import MetricSuite, RealVideos, update_with_samples
-from utils.strategies import is_sharded
+from utils.distributed import is_sharded
 
 
 class GenerationMetrics(Callback):

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from diffusion.flow_matching import FlowMatching
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.objective import Model, NoisePrior, Objective, draw_noise
+from utils.distributed import is_sharded
 
 SAMPLERS_FOR = {  # the config choices that sample each objective, for the error of a mismatch
     "GaussianDiffusion": "sampler=ddpm, sampler=ddim or sampler=dpm_solver",
@@ -146,8 +146,9 @@ class SamplerBase:
         dtype = resolve_precision(self.precision, device)
         if dtype == torch.float32 and not self.compile:
             return model
-        sharded = isinstance(model, nn.Module) and any(isinstance(p, DTensor) for p in model.parameters())
-        if not isinstance(model, nn.Module) or sharded:  # a function, or FSDP's weights (no copy): autocast
+        if not isinstance(model, nn.Module) or is_sharded(
+            model
+        ):  # a function, or FSDP's weights (no copy): autocast
             return model if dtype == torch.float32 else _autocast(model, device, dtype)
         cached = self._fast
         if cached is None or cached[0]() is not model or cached[1].dtype != dtype:

@@ -37,7 +37,7 @@ from torch.distributed.tensor import DTensor, Shard
 from diffusion import InversionSampler, Objective, SamplerBase
 from lightning_modules.base import VideoModule, uncounted
 from lightning_modules.gan_losses import GAN_LOSSES
-from utils.strategies import local
+from utils.distributed import local
 
 ADV_MODES = ("noise", "residual")
 QUERY_ROWS = ":q"  # pattern suffix: only the query rows of a fused qkv projection (rows [q; k; v])

@@ -25,8 +25,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from utils.distributed import is_sharded
 from utils.rng import gather_rng_states, set_rng_states
-from utils.strategies import ShardedDataParallel, is_sharded, shard_module
+from utils.strategies import ShardedDataParallel, shard_module
 
 
 @contextlib.contextmanager

@@ -1,9 +1,12 @@
-"""torch.distributed helpers for the entry points that run under torchrun (evaluate.py, the latent cache)."""
+"""torch.distributed helpers: the entry points that run under torchrun (evaluate.py, the latent cache), and
+what FSDP-sharded weights need (``is_sharded``, ``local``)."""
 
 import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -45,3 +48,13 @@ def leave_torchrun() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP-sharded parameters (every rank must then call its forward together)."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor, the tensor itself otherwise."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -30,20 +30,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
 
 from utils.files import META, load_file
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether ``module`` holds FSDP-sharded parameters (every rank must then call its forward together)."""
-    return any(isinstance(p, DTensor) for p in module.parameters())
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded tensor, the tensor itself otherwise."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
 
 #################################################################################
 #                                Data parallel                                  #
