@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte scaling-sharded twonodes
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -68,12 +68,17 @@ fi
 
 if [[ $what == *scaling-latte* ]]; then
 echo "== DDP scaling of the train.py loop, Latte-XL/2, 1/2/4 GPUs, eager and compiled"
-python3 bench/scaling.py --part latte --steps 30 --warmup 10 --timeout 200 --json "$OUT"/scaling_latte.json
+python3 bench/scaling.py --part latte --steps 22 --warmup 8 --timeout 200 --json "$OUT"/scaling_latte.json
 fi
 
-if [[ $what == *scaling-sharded* ]]; then
-echo "== FSDP vs DDP: Latte-XL/2 and the AAPT generator + discriminator pair, 2/4 GPUs"
-python3 bench/scaling.py --part sharded --steps 30 --warmup 10 --timeout 150 --json "$OUT"/scaling_sharded.json
+if [[ $what == *scaling-fsdp* ]]; then
+echo "== FSDP, Latte-XL/2, 2/4 GPUs, eager and compiled"
+python3 bench/scaling.py --part fsdp --gpus 2 4 --steps 22 --warmup 8 --timeout 150 --json "$OUT"/scaling_fsdp.json
+fi
+
+if [[ $what == *scaling-pair* ]]; then
+echo "== the AAPT generator + discriminator pair (XL/2), DDP vs FSDP, 2/4 GPUs"
+python3 bench/scaling.py --part pair --gpus 2 4 --timeout 120 --json "$OUT"/scaling_pair.json
 fi
 
 if [[ $what == *twonodes* ]]; then
@@ -86,7 +91,19 @@ for node in 0 1; do
     --rdzv-endpoint=localhost:29511 --rdzv-id=gpu2nodes train.py $args > $dir.node$node.log 2>&1 &
 done
 wait
-grep -h "NCCL\|backend" $dir.node0.log | head -2
-cat $dir/digests/rank0.json; echo; cat $dir/digests/rank1.json; echo
-ls $dir/logs/quickstart/runs/ $dir/logs/quickstart/runs/*/checkpoints
+{ grep -h "GLOBAL_RANK\|Trainer.fit\|Error" $dir.node0.log $dir.node1.log | head -6
+  cat $dir/digests/rank0.json; echo; cat $dir/digests/rank1.json; echo
+  ls $dir/logs/quickstart/runs/ $dir/logs/quickstart/runs/*/checkpoints; } 2>&1 | tee "$OUT"/twonodes.txt
+cp $dir.node0.log $dir.node1.log "$OUT"/
+fi
+
+if [[ $what == *ddp-tuning* ]]; then
+echo "== compiled DDP, Latte-XL/2, 2 and 4 GPUs: block graphs cut at the 25 MB buckets (the default leaves them whole)"
+python3 bench/scaling.py --part ddp-tuning --gpus 2 4 --steps 22 --warmup 8 --timeout 150 \
+  --variants trainer.strategy.split_compiled_graphs=true --json "$OUT"/ddp_split.json
+fi
+
+if [[ $what == *preempt* ]]; then
+echo "== pre-emption on 2 GPUs (NCCL, bf16-mixed): SIGTERM at step 4, the same command again, against a full run"
+python3 -m pytest -q -m gpu tests/test_resume.py -p no:cacheprovider 2>&1 | tee "$OUT"/preempt.txt | tail -25
 fi

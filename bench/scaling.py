@@ -5,8 +5,10 @@ Each row is one ``torchrun --nproc-per-node=N bench/train_loop.py`` (the real Hy
 the baseline of the scaling efficiency = samples/s on N GPUs / (N x samples/s on one GPU, same model, mode).
 
     python bench/scaling.py --part latte    # Latte-XL/2, paper's shape, batch 5 per GPU: DDP on 1/2/4 GPUs
-    python bench/scaling.py --part sharded  # FSDP for Latte-XL/2; the AAPT generator + discriminator pair
-    python bench/scaling.py --part sharded --gpus 1 2 --steps 4 --warmup 1 --modes eager --overrides \
+    python bench/scaling.py --part ddp-tuning --gpus 4  # compiled DDP: static graph, 100 MB buckets, cuts
+    python bench/scaling.py --part fsdp     # FSDP for Latte-XL/2 on 2/4 GPUs
+    python bench/scaling.py --part pair     # the AAPT generator + discriminator pair: DDP and FSDP
+    python bench/scaling.py --part fsdp --gpus 2 --steps 4 --warmup 1 --modes eager --overrides \
         backbone=latte_tiny trainer.accelerator=cpu trainer.precision=32-true data.num_workers=0  # CPU smoke
 
 Prints one table and writes the rows as JSON (``--json``).
@@ -27,32 +29,36 @@ ROOT = Path(__file__).resolve().parents[1]
 AAPT_PAIR = ["init=scratch", "data=synthetic", "data.resolution=32"]  # XL/2 G + D, 16 frames, batch 2 per GPU
 
 
-def configurations(part: str, gpus: list[int]) -> list[dict]:
+DDP_VARIANTS = [
+    "trainer.strategy.static_graph=true",
+    "trainer.strategy.bucket_cap_mb=100",
+    "trainer.strategy.split_compiled_graphs=true",  # dynamo's DDPOptimizer cuts each block's graph at 25 MB
+]
+
+
+def configurations(part: str, gpus: list[int], variants: list[str] = DDP_VARIANTS) -> list[dict]:
     """The rows of ``part``: model (experiment + overrides), strategy, GPUs, modes."""
     latte = {"model": "Latte-XL/2", "experiment": "latte_synthetic", "overrides": []}
     pair = {"model": "AAPT G+D (XL/2)", "experiment": "aapt_sky_gan", "overrides": AAPT_PAIR}
     rows = []
     if part == "latte":
         for n in gpus:
-            rows.append(
-                {**latte, "trainer": "gpu" if n == 1 else "ddp", "gpus": n, "modes": ["eager", "compiled"]}
-            )
-        rows.append(
-            {
-                **latte,
-                "trainer": "ddp",
-                "gpus": max(gpus),
-                "modes": ["compiled"],
-                "overrides": ["trainer.strategy.static_graph=true"],
-            }
-        )
-    if part == "sharded":
+            modes = ["eager", "compiled", "compiled-whole"] if n == 1 else ["eager", "compiled"]
+            rows.append({**latte, "trainer": "gpu" if n == 1 else "ddp", "gpus": n, "modes": modes})
+    if part == "ddp-tuning":  # compiled DDP with each variant in turn
+        for variant in variants:
+            for n in [n for n in gpus if n > 1]:
+                rows.append(
+                    {**latte, "trainer": "ddp", "gpus": n, "modes": ["compiled"], "overrides": [variant]}
+                )
+    if part == "fsdp":
         for n in [n for n in gpus if n > 1]:
             rows.append({**latte, "trainer": "fsdp", "gpus": n, "modes": ["eager", "compiled"]})
+    if part == "pair":
         for n in gpus:
             for trainer in ["gpu"] if n == 1 else ["ddp", "fsdp"]:
                 rows.append(
-                    {**pair, "trainer": trainer, "gpus": n, "modes": ["eager"], "steps": 20, "warmup": 5}
+                    {**pair, "trainer": trainer, "gpus": n, "modes": ["eager"], "steps": 12, "warmup": 4}
                 )
     return rows
 
@@ -73,7 +79,8 @@ def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], 
         ]
         command += [str(ROOT / "bench" / "train_loop.py"), "--experiment", row["experiment"]]
         command += ["--steps", str(row.get("steps", steps)), "--warmup", str(row.get("warmup", warmup))]
-        command += ["--modes", *row["modes"], "--json", str(out), "--overrides", f"trainer={row['trainer']}"]
+        command += ["--modes", *row["modes"], "--json", str(out), "--dump-stacks-after", str(timeout - 15)]
+        command += ["--overrides", f"trainer={row['trainer']}"]
         command += [f"trainer.devices={row['gpus']}", *row["overrides"], *extra]
         print(f"{time.strftime('%H:%M:%S')} {' '.join(command[5:])}", flush=True)
         process = subprocess.Popen(
@@ -84,12 +91,14 @@ def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], 
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and every rank
             _, stderr = process.communicate()
-            print(f"TIMED OUT after {timeout} s\n{stderr[-3000:]}", flush=True)
-            return []
-        if process.returncode != 0:
-            print(f"FAILED\n{stderr[-3000:]}", flush=True)
-            return []
-        results = json.loads(out.read_text())
+            print(
+                f"TIMED OUT after {timeout} s (every rank's stacks above the end)\n{stderr[-8000:]}",
+                flush=True,
+            )
+        else:
+            if process.returncode != 0:
+                print(f"FAILED\n{stderr[-3000:]}", flush=True)
+        results = json.loads(out.read_text()) if out.exists() else []  # the modes measured before any stop
     variant = " ".join(o for o in row["overrides"] if o not in AAPT_PAIR)
     return [{**r, "model": row["model"], "trainer": row["trainer"], "variant": variant} for r in results]
 
@@ -98,17 +107,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["latte", "sharded"], required=True)
+    parser.add_argument("--part", choices=["latte", "ddp-tuning", "fsdp", "pair"], required=True)
+    parser.add_argument("--variants", nargs="+", default=DDP_VARIANTS, help="--part ddp-tuning: overrides")
     parser.add_argument("--gpus", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=15, help="steps left out of the median (compilation)")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled-whole"])
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per torchrun before it is killed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
-    for config in configurations(args.part, args.gpus):
+    for config in configurations(args.part, args.gpus, args.variants):
         done = run(config, args.steps, args.warmup, args.overrides, args.modes, args.timeout)
         rows += done
         print(json.dumps(done), flush=True)

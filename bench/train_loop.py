@@ -5,6 +5,8 @@ config through ``utils.run.train`` (Lightning loop, DataLoader workers, the EMA 
 paper's model (Latte-XL/2) at the paper's token count. No SD VAE file is needed: ``autoencoder=identity``
 on 16 x 32² pixel clips gives the 16 x 256 tokens per video that 16 x 256² video has in SD-VAE latents (3
 channels instead of 4). Validation, sampling and checkpoints are off so that only training steps are timed.
+Mode ``compiled`` is ``module.compile=true`` (each block compiled); ``compiled-whole`` compiles the whole
+backbone in one ``torch.compile`` instead, for comparison.
 
     python bench/train_loop.py                                   # on a GPU: eager, then compiled
     python bench/train_loop.py --steps 3 --warmup 1 --modes eager --overrides backbone=latte_tiny \
@@ -13,6 +15,7 @@ channels instead of 4). Validation, sampling and checkpoints are off so that onl
 """
 
 import argparse
+import faulthandler
 import json
 import os
 import statistics
@@ -65,6 +68,13 @@ class StepTimer(Callback):
         self.path.write_text(json.dumps(self.times))
 
 
+class CompileWhole(Callback):
+    """Compile the whole backbone in one ``torch.compile`` before the run (the ``compiled-whole`` mode)."""
+
+    def setup(self, trainer, module, stage: str) -> None:
+        module.backbone.compile()
+
+
 def run(
     mode: str, steps: int, warmup: int, overrides: list[str], experiment: str = "latte_synthetic"
 ) -> dict:
@@ -78,6 +88,11 @@ def run(
                     *PAPER_SHAPE,
                     *overrides,
                     *(["module.compile=true"] if mode == "compiled" else []),
+                    *(
+                        ["+callbacks.whole._target_=bench.train_loop.CompileWhole"]
+                        if mode == "compiled-whole"
+                        else []
+                    ),
                     f"trainer.max_steps={steps}",
                     f"paths.root_dir={tmp}",
                     f"paths.output_dir={tmp}/run",
@@ -115,15 +130,24 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (compilation)")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled", "compiled-whole"]
+    )
     parser.add_argument("--experiment", default="latte_synthetic", help="e.g. aapt_sky_gan (+ init=scratch)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
-    parser.add_argument("--json", type=Path, help="write the rows here too")
+    parser.add_argument("--json", type=Path, help="write the rows here too, each as soon as it is measured")
+    parser.add_argument("--dump-stacks-after", type=float, help="seconds: then print every thread's stack")
     args = parser.parse_args()
     assert args.steps > args.warmup, "--steps must exceed --warmup, or nothing is timed"
+    if args.dump_stacks_after:  # a stalled (multi-GPU) run says where each rank waits
+        faulthandler.dump_traceback_later(args.dump_stacks_after, exit=False)
     register_resolvers()
-    rows = [run(mode, args.steps, args.warmup, args.overrides, args.experiment) for mode in args.modes]
-    if int(os.environ.get("RANK", 0)) > 0:  # under torchrun: rank 0 reports
+    rank, rows = int(os.environ.get("RANK", 0)), []
+    for mode in args.modes:
+        rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment))
+        if args.json and rank == 0:
+            args.json.write_text(json.dumps(rows, indent=2))
+    if rank > 0:  # under torchrun: rank 0 reports
         return
     header = (
         "mode | strategy | GPUs | batch per GPU | median step (ms) | samples/s | first step (s) | wall (s)"
@@ -136,8 +160,6 @@ def main() -> None:
             f"{r['samples_per_s']:.1f} | {r['first_step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gib']:.1f} | "
             f"{r['final_loss']:.4f} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

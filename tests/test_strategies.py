@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from lightning.pytorch.strategies import DDPStrategy
 
+from lightning_modules import LatteDiffusion
 from metrics import suite
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, compose_train
 from tests.test_aapt import AAPT_GAN
 from tests.test_apla import APLA_RUN
 from utils.files import load_file
 from utils.run import checkpoint_in_run_folder
+from utils.strategies import DataParallel
 
 CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
 MODULES = {  # tiny runs of the three modules, 4 steps with checkpoints at steps 2 and 4
@@ -135,6 +139,37 @@ def one_rank(monkeypatch, rank: int, ranks: int, videos: int, lockstep: bool) ->
     sample = lambda n, generator: calls.append(n) or torch.zeros(n, 2, 3, 4, 4)  # noqa: E731
     share = suite.update_with_samples(kept, sample, videos, 2, progress=False, lockstep=lockstep)
     return calls, kept.videos, share
+
+
+def test_ddp_finds_unused_parameters_of_gan_modules_and_leaves_compiled_block_graphs_uncut(
+    monkeypatch, tmp_path
+):
+    """trainer=ddp builds DataParallel from its yaml; its setup chooses what DDP and dynamo need."""
+    monkeypatch.setattr(DDPStrategy, "setup", lambda self, trainer: None)  # no process group here
+    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", True)
+    for split, manual in [(None, True), ("true", False)]:
+        cut = [] if split is None else [f"trainer.strategy.split_compiled_graphs={split}"]
+        strategy = instantiate(compose_train(tmp_path, ["trainer=ddp", *cut]).trainer.strategy)
+        assert isinstance(strategy, DataParallel)
+        strategy._lightning_module = LatteDiffusion.__new__(LatteDiffusion)
+        monkeypatch.setattr(LatteDiffusion, "automatic_optimization", not manual, raising=False)
+        strategy.setup(None)
+        assert torch._dynamo.config.optimize_ddp is (split == "true"), (
+            "per-block graphs are not cut by default"
+        )
+        assert strategy._ddp_kwargs.get("find_unused_parameters", False) is manual
+
+
+def test_module_compile_compiles_each_backbone_block_once(tmp_path):
+    """module.compile=true: every block compiled in place (its state-dict keys unchanged), the rest eager."""
+    module = instantiate(compose_train(tmp_path, [*TINY, "module.compile=true"]).module)
+    keys = sorted(module.state_dict())
+    module.configure_model()
+    compiled = [block._compiled_call_impl for block in module.backbone.blocks]
+    assert all(compiled) and module.backbone._compiled_call_impl is None
+    module.configure_model()  # again (a second fit): the same compiled blocks
+    assert [block._compiled_call_impl for block in module.backbone.blocks] == compiled
+    assert sorted(module.state_dict()) == keys
 
 
 @pytest.mark.parametrize("videos, ranks", [(9, 2), (10, 3), (7, 4), (8, 2)])
