@@ -9,7 +9,6 @@ the metrics read their weights without importing the training stack.
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,13 @@ def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
     Optimizer states come keyed by parameter position, as ``torch.optim`` saves them (FSDP keys them by
     name), so the result also resumes a run without sharding.
     """
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(path, Path(tmp) / "full.pt")
-        tensors = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    tensors = {}  # filled from the shards' metadata, in memory: torch's dcp_to_torch_save minus its file
+    reader, planner = FileSystemReader(path), _EmptyStateDictLoadPlanner()
+    _load_state_dict(tensors, storage_reader=reader, planner=planner, no_dist=True)
     checkpoint = torch.load(path / META, map_location="cpu", weights_only=True)
     checkpoint["state_dict"] = tensors.pop("state_dict")
     count = sum(key.startswith("optimizer_") for key in tensors)
