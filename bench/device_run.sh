@@ -77,8 +77,9 @@ python3 bench/scaling.py --part fsdp --gpus 2 4 --steps 22 --warmup 8 --timeout 
 fi
 
 if [[ $what == *scaling-pair* ]]; then
-echo "== the AAPT generator + discriminator pair (XL/2), DDP vs FSDP, 2/4 GPUs"
-python3 bench/scaling.py --part pair --gpus 2 4 --timeout 120 --json "$OUT"/scaling_pair.json
+echo "== the AAPT generator + discriminator pair (XL/2), DDP vs FSDP (resharded or kept gathered), 2/4 GPUs"
+# three rows of ~100 s per GPU count: PAIR_GPUS=2 and PAIR_GPUS=4 fit one 10-minute visit each
+python3 bench/scaling.py --part pair --gpus ${PAIR_GPUS:-2 4} --timeout 120 --json "$OUT"/scaling_pair.json
 fi
 
 if [[ $what == *twonodes* ]]; then

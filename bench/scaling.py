@@ -54,12 +54,16 @@ def configurations(part: str, gpus: list[int], variants: list[str] = DDP_VARIANT
     if part == "fsdp":
         for n in [n for n in gpus if n > 1]:
             rows.append({**latte, "trainer": "fsdp", "gpus": n, "modes": ["eager", "compiled"]})
-    if part == "pair":
+    if part == "pair":  # FSDP also with the weights kept gathered through the generator's 16-frame rollout
+        gathered = ["trainer.strategy.reshard_after_forward=false"]
         for n in gpus:
-            for trainer in ["gpu"] if n == 1 else ["ddp", "fsdp"]:
+            runs = [("gpu", [])] if n == 1 else [("ddp", []), ("fsdp", []), ("fsdp", gathered)]
+            for trainer, extra in runs:
+                overrides = [*AAPT_PAIR, *extra]
                 rows.append(
-                    {**pair, "trainer": trainer, "gpus": n, "modes": ["eager"], "steps": 12, "warmup": 4}
+                    {**pair, "overrides": overrides, "trainer": trainer, "gpus": n, "modes": ["eager"]}
                 )
+                rows[-1].update(steps=12, warmup=4)  # ~2.7 s a step
     return rows
 
 
