@@ -126,6 +126,8 @@ def main() -> None:
         done = run(config, args.steps, args.warmup, args.overrides, args.modes, args.timeout)
         rows += done
         print(json.dumps(done), flush=True)
+    if rows:
+        print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")
     one = {(r["model"], r["mode"]): r["samples_per_s"] for r in rows if r["gpus"] == 1}
     print(
         "| model | trainer | GPUs | mode | samples/s | scaling efficiency | step (ms) | peak GiB per GPU ",

@@ -15,6 +15,7 @@ backbone in one ``torch.compile`` instead, for comparison.
 """
 
 import argparse
+import datetime
 import faulthandler
 import json
 import os
@@ -110,6 +111,9 @@ def run(
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     strategy = cfg.trainer.strategy
     return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
         "mode": mode,
         "strategy": strategy if isinstance(strategy, str) else strategy._target_.rsplit(".", 1)[-1],
         "gpus": world,
@@ -149,6 +153,7 @@ def main() -> None:
             args.json.write_text(json.dumps(rows, indent=2))
     if rank > 0:  # under torchrun: rank 0 reports
         return
+    print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")
     header = (
         "mode | strategy | GPUs | batch per GPU | median step (ms) | samples/s | first step (s) | wall (s)"
     )

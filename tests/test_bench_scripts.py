@@ -1,8 +1,10 @@
-"""bench/sample_speed.py and bench/train_profile.py run end to end on the CPU at a tiny size."""
+"""bench/sample_speed.py, train_profile.py and scaling.py run end to end on the CPU at a tiny size."""
 
 import json
 import subprocess
 import sys
+
+import torch
 
 from tests.conftest import ROOT
 
@@ -34,3 +36,29 @@ def test_train_profile_times_each_backend_and_writes_json(tmp_path):
     record = json.loads(out.read_text())
     assert record["step_ms"] > 0 and [r["backend"] for r in record["backends"]] == ["math"]
     assert "| SDPA backend first |" in result.stdout
+
+
+def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row(tmp_path):
+    """A CPU smoke run of bench/scaling.py: one torchrun of bench/train_loop.py on 1 process."""
+    out = tmp_path / "scaling.json"
+    overrides = ["backbone=latte_tiny", "trainer.accelerator=cpu", "trainer.precision=32-true"]
+    overrides += ["data.num_workers=0", "data.batch_size=2", "data.num_frames=4"]
+    command = [sys.executable, str(ROOT / "bench" / "scaling.py"), "--part", "latte", "--gpus", "1"]
+    command += [
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--modes",
+        "eager",
+        "--json",
+        str(out),
+        "--overrides",
+        *overrides,
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["trainer"], row["gpus"], row["mode"], row["device"]) == ("gpu", 1, "eager", "cpu")
+    assert row["samples_per_s"] > 0 and row["torch"] == torch.__version__ and row["date"]
+    assert "| Latte-XL/2 | gpu | 1 | eager |" in result.stdout and "device: cpu" in result.stdout
