@@ -30,9 +30,9 @@ AAPT_PAIR = ["init=scratch", "data=synthetic", "data.resolution=32"]  # XL/2 G +
 
 
 DDP_VARIANTS = [
-    "trainer.strategy.static_graph=true",
-    "trainer.strategy.bucket_cap_mb=100",
     "trainer.strategy.split_compiled_graphs=true",  # dynamo's DDPOptimizer cuts each block's graph at 25 MB
+    "trainer.strategy.split_compiled_graphs=true trainer.strategy.static_graph=true",
+    "trainer.strategy.bucket_cap_mb=100",
 ]
 
 
@@ -48,8 +48,9 @@ def configurations(part: str, gpus: list[int], variants: list[str] = DDP_VARIANT
     if part == "ddp-tuning":  # compiled DDP with each variant in turn
         for variant in variants:
             for n in [n for n in gpus if n > 1]:
+                overrides = variant.split()
                 rows.append(
-                    {**latte, "trainer": "ddp", "gpus": n, "modes": ["compiled"], "overrides": [variant]}
+                    {**latte, "trainer": "ddp", "gpus": n, "modes": ["compiled"], "overrides": overrides}
                 )
     if part == "fsdp":
         for n in [n for n in gpus if n > 1]:
@@ -83,7 +84,8 @@ def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], 
         ]
         command += [str(ROOT / "bench" / "train_loop.py"), "--experiment", row["experiment"]]
         command += ["--steps", str(row.get("steps", steps)), "--warmup", str(row.get("warmup", warmup))]
-        command += ["--modes", *row["modes"], "--json", str(out), "--dump-stacks-after", str(timeout - 15)]
+        command += ["--modes", *row["modes"], "--json", str(out)]
+        command += ["--dump-stacks-after", str(max(timeout - 15, 0.8 * timeout))]
         command += ["--overrides", f"trainer={row['trainer']}"]
         command += [f"trainer.devices={row['gpus']}", *row["overrides"], *extra]
         print(f"{time.strftime('%H:%M:%S')} {' '.join(command[5:])}", flush=True)
@@ -96,7 +98,7 @@ def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], 
             os.killpg(process.pid, signal.SIGKILL)  # torchrun and every rank
             _, stderr = process.communicate()
             print(
-                f"TIMED OUT after {timeout} s (every rank's stacks above the end)\n{stderr[-8000:]}",
+                f"TIMED OUT after {timeout} s (every rank's stacks above the end)\n{stderr[-16000:]}",
                 flush=True,
             )
         else:
@@ -112,11 +114,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=["latte", "ddp-tuning", "fsdp", "pair"], required=True)
-    parser.add_argument("--variants", nargs="+", default=DDP_VARIANTS, help="--part ddp-tuning: overrides")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=DDP_VARIANTS,
+        help="--part ddp-tuning: a row each (overrides split at spaces)",
+    )
     parser.add_argument("--gpus", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=15, help="steps left out of the median (compilation)")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled-whole"])
+    modes = ["eager", "compiled", "compiled-whole"]
+    parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per torchrun before it is killed")
     parser.add_argument("--json", type=Path)

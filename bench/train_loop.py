@@ -110,8 +110,9 @@ def run(
     step = statistics.median(times[warmup:])
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     strategy = cfg.trainer.strategy
+    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
     return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name() if on_gpu else "cpu",
         "torch": torch.__version__,
         "date": datetime.date.today().isoformat(),
         "mode": mode,
@@ -123,7 +124,7 @@ def run(
         "samples_per_s": world * cfg.data.batch_size / step,  # all ranks together
         "first_step_s": times[0],
         "wall_s": wall,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
         "final_loss": metrics.get("train/loss", metrics.get("train/loss_g", float("nan"))),
     }
 
@@ -149,8 +150,9 @@ def main() -> None:
     rank, rows = int(os.environ.get("RANK", 0)), []
     for mode in args.modes:
         rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment))
-        if args.json and rank == 0:
-            args.json.write_text(json.dumps(rows, indent=2))
+        if args.json and rank == 0:  # whole or not at all, should the run be killed while writing
+            args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=2))
+            args.json.with_suffix(".tmp").replace(args.json)
     if rank > 0:  # under torchrun: rank 0 reports
         return
     print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")

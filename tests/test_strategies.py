@@ -146,7 +146,8 @@ def test_ddp_finds_unused_parameters_of_gan_modules_and_leaves_compiled_block_gr
 ):
     """trainer=ddp builds DataParallel from its yaml; its setup chooses what DDP and dynamo need."""
     monkeypatch.setattr(DDPStrategy, "setup", lambda self, trainer: None)  # no process group here
-    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", True)
+    monkeypatch.setattr(DDPStrategy, "teardown", lambda self: None)
+    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", "python_reducer")  # the process's own choice
     for split, manual in [(None, True), ("true", False)]:
         cut = [] if split is None else [f"trainer.strategy.split_compiled_graphs={split}"]
         strategy = instantiate(compose_train(tmp_path, ["trainer=ddp", *cut]).trainer.strategy)
@@ -158,6 +159,8 @@ def test_ddp_finds_unused_parameters_of_gan_modules_and_leaves_compiled_block_gr
             "per-block graphs are not cut by default"
         )
         assert strategy._ddp_kwargs.get("find_unused_parameters", False) is manual
+        strategy.teardown()
+        assert torch._dynamo.config.optimize_ddp == "python_reducer", "restored after the fit"
 
 
 def test_module_compile_compiles_each_backbone_block_once(tmp_path):
@@ -167,6 +170,7 @@ def test_module_compile_compiles_each_backbone_block_once(tmp_path):
     module.configure_model()
     compiled = [block._compiled_call_impl for block in module.backbone.blocks]
     assert all(compiled) and module.backbone._compiled_call_impl is None
+    assert not any(block._compiled_call_impl for block in module.ema.blocks), "the EMA is only averaged"
     module.configure_model()  # again (a second fit): the same compiled blocks
     assert [block._compiled_call_impl for block in module.backbone.blocks] == compiled
     assert sorted(module.state_dict()) == keys

@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     finally:
         _finish_wandb(exit_code)
+        torch._dynamo.reset()  # a multirun's next job compiles afresh: no pile-up to dynamo's recompile limit
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if trainer.is_global_zero:  # the run's result, one file per sweep job
         (Path(cfg.paths.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))

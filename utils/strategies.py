@@ -45,10 +45,11 @@ class DataParallel(DDPStrategy):
     reach only one network's parameters, so DDP must look for the unused ones: that is switched on for it.
 
     ``split_compiled_graphs``: let dynamo cut compiled graphs at the gradient buckets' boundaries (its
-    ``optimize_ddp``), which a whole-model compile needs for its all-reduce to overlap the backward. The
-    modules compile block by block: a bucket is sent as soon as the backward of its blocks' graphs ends, and
-    cutting every block's graph again at 25 MB only costs fusion (compiled Latte-XL/2 on H100s: 84% scaling
-    efficiency with cuts, 93.6% without on 2 GPUs; bench/RESULTS.md).
+    ``optimize_ddp``, set for the fit and restored after it), which a whole-model compile needs for its
+    all-reduce to overlap the backward. ``LatteDiffusion`` compiles block by block: a bucket is sent as soon
+    as the backward of its blocks' graphs ends, and cutting every block's graph again at 25 MB only costs
+    fusion (compiled Latte-XL/2 on H100s: 84% scaling efficiency with cuts, 93.7% without on 2 GPUs;
+    bench/RESULTS.md).
     """
 
     def __init__(self, *args, split_compiled_graphs: bool = False, **kwargs):
@@ -58,8 +59,13 @@ class DataParallel(DDPStrategy):
     def setup(self, trainer) -> None:
         if not self.lightning_module.automatic_optimization:
             self._ddp_kwargs.setdefault("find_unused_parameters", True)
-        torch._dynamo.config.optimize_ddp = self.split_compiled_graphs  # read when the first graph compiles
+        self._optimize_ddp = torch._dynamo.config.optimize_ddp  # the process's own, back after the fit
+        torch._dynamo.config.optimize_ddp = self.split_compiled_graphs  # read when each graph compiles
         super().setup(trainer)
+
+    def teardown(self) -> None:
+        super().teardown()
+        torch._dynamo.config.optimize_ddp = getattr(self, "_optimize_ddp", torch._dynamo.config.optimize_ddp)
 
 
 #################################################################################
