@@ -153,10 +153,15 @@ def test_a_resume_on_another_number_of_ranks_moves_lightnings_batch_count_to_the
 RUN = [*TINY, "data.dataset.num_videos=6", "data.num_classes=2", "~callbacks.video_sampler"]
 
 
-def losses(run: Path) -> dict[int, float]:
-    """{step: train/loss} as the csv logger wrote them (a version per start of the run)."""
+def logged_losses(run: Path) -> list[tuple[int, float]]:
+    """(step, train/loss) as the csv logger wrote them, every start of the run in turn (a version each)."""
     rows = [row for path in sorted((run / "csv").rglob("metrics.csv")) for row in csv.DictReader(path.open())]
-    return {int(row["step"]): float(row["train/loss"]) for row in rows if row.get("train/loss")}
+    return [(int(row["step"]), float(row["train/loss"])) for row in rows if row.get("train/loss")]
+
+
+def losses(run: Path) -> dict[int, float]:
+    """{step: train/loss} of the run."""
+    return dict(logged_losses(run))
 
 
 def last_checkpoint(run: Path) -> dict:
@@ -314,7 +319,8 @@ def test_a_preempted_multi_process_run_started_again_continues_as_if_never_stopp
     """The same command again resumes from the run folder's checkpoint: losses after the restart, validation,
     final weights, EMA, Adam moments, step count and data order are the uninterrupted run's, bit for bit."""
     run = restart(preempted)
-    assert sorted(losses(run)) == list(range(8)), "each step's loss once: before the stop and after the start"
+    steps = sorted(step for step, _ in logged_losses(run))
+    assert steps == list(range(8)), "each step's loss once: before the stop and after the start"
     assert_same_run(run, preempted["full"], steps=range(8))
     full, resumed = last_checkpoint(preempted["full"]), last_checkpoint(run)
     assert full["global_step"] == resumed["global_step"] == 8
@@ -361,10 +367,8 @@ def test_a_preempted_two_gpu_bf16_run_started_again_continues_within_bf16_noise(
     assert code == 143 and stop["global_step"] == 4, "both GPUs save and stop at step 4"
     assert train_py(tmp_path, "stopped", *gpus, *STOP)[0] == 0
     expected, found = losses(full), losses(run)
-    logged = [row for path in (run / "csv").rglob("metrics.csv") for row in csv.DictReader(path.open())]
-    assert sorted(int(row["step"]) for row in logged if row.get("train/loss")) == list(range(8)), (
-        "each step's loss once: before the stop and after the start"
-    )
+    steps = sorted(step for step, _ in logged_losses(run))
+    assert steps == list(range(8)), "each step's loss once: before the stop and after the start"
     torch.testing.assert_close(found, expected, rtol=2e-2, atol=1e-3)  # bf16: 8 mantissa bits
     full, resumed = last_checkpoint(full), last_checkpoint(run)
     assert full["global_step"] == resumed["global_step"] == 8
