@@ -147,7 +147,12 @@ def test_ddp_finds_unused_parameters_of_gan_modules_and_leaves_compiled_block_gr
     """trainer=ddp builds DataParallel from its yaml; its setup chooses what DDP and dynamo need."""
     monkeypatch.setattr(DDPStrategy, "setup", lambda self, trainer: None)  # no process group here
     monkeypatch.setattr(DDPStrategy, "teardown", lambda self: None)
-    monkeypatch.setattr(torch._dynamo.config, "optimize_ddp", "python_reducer")  # the process's own choice
+    with torch._dynamo.config.patch(optimize_ddp="python_reducer"):  # the process's own choice
+        check_ddp_setup(monkeypatch, tmp_path)
+
+
+def check_ddp_setup(monkeypatch, tmp_path) -> None:
+    """With and without split_compiled_graphs, for a module with and without manual optimization."""
     for split, manual in [(None, True), ("true", False)]:
         cut = [] if split is None else [f"trainer.strategy.split_compiled_graphs={split}"]
         strategy = instantiate(compose_train(tmp_path, ["trainer=ddp", *cut]).trainer.strategy)
