@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -72,8 +72,8 @@ python3 bench/scaling.py --part latte --steps 22 --warmup 8 --timeout 200 --json
 fi
 
 if [[ $what == *scaling-fsdp* ]]; then
-echo "== FSDP, Latte-XL/2, 2/4 GPUs, eager and compiled"
-python3 bench/scaling.py --part fsdp --gpus 2 4 --steps 22 --warmup 8 --timeout 150 --json "$OUT"/scaling_fsdp.json
+echo "== FSDP, Latte-XL/2, 2/4 GPUs against one GPU on the same machine, eager and compiled"
+python3 bench/scaling.py --part fsdp --gpus 1 2 4 --steps 22 --warmup 8 --timeout 150 --json "$OUT"/scaling_fsdp.json
 fi
 
 if [[ $what == *scaling-pair* ]]; then
@@ -107,4 +107,22 @@ fi
 if [[ $what == *preempt* ]]; then
 echo "== pre-emption on 2 GPUs (NCCL, bf16-mixed): SIGTERM at step 4, the same command again, against a full run"
 python3 -m pytest -q -m gpu tests/test_resume.py -p no:cacheprovider 2>&1 | tee "$OUT"/preempt.txt | tail -25
+fi
+
+if [[ $what == *profile-4gpu* ]]; then
+echo "== where a 4-GPU step goes: FSDP eager + compiled and DDP compiled, Latte-XL/2, 3 profiled steps each"
+python3 bench/scaling.py --part fsdp --gpus 4 --steps 20 --warmup 8 --timeout 170 --profile "$OUT"/profiles \
+  --json "$OUT"/profile_fsdp.json
+python3 bench/scaling.py --part latte --gpus 4 --modes compiled --steps 20 --warmup 8 --timeout 150 \
+  --profile "$OUT"/profiles --json "$OUT"/profile_ddp.json
+fi
+
+if [[ $what == *fsdp-gather* ]]; then
+echo "== compiled Latte-XL/2 on 4 GPUs: FSDP gathering bf16 weights, FSDP gathering fp32, DDP (one machine)"
+python3 bench/scaling.py --part fsdp --gpus 4 --modes compiled --steps 20 --warmup 8 --timeout 110 \
+  --overrides trainer.strategy.param_dtype=bfloat16 --json "$OUT"/fsdp_bf16_gather.json
+python3 bench/scaling.py --part fsdp --gpus 4 --modes compiled --steps 20 --warmup 8 --timeout 100 \
+  --json "$OUT"/fsdp_fp32_gather.json
+python3 bench/scaling.py --part latte --gpus 4 --modes compiled --steps 20 --warmup 8 --timeout 90 \
+  --json "$OUT"/ddp_compiled.json
 fi

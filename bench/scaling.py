@@ -6,7 +6,7 @@ the baseline of the scaling efficiency = samples/s on N GPUs / (N x samples/s on
 
     python bench/scaling.py --part latte    # Latte-XL/2, paper's shape, batch 5 per GPU: DDP on 1/2/4 GPUs
     python bench/scaling.py --part ddp-tuning --gpus 4  # compiled DDP: static graph, 100 MB buckets, cuts
-    python bench/scaling.py --part fsdp     # FSDP for Latte-XL/2 on 2/4 GPUs
+    python bench/scaling.py --part fsdp     # FSDP for Latte-XL/2 on 2/4 GPUs (1 GPU: the baseline)
     python bench/scaling.py --part pair     # the AAPT generator + discriminator pair: DDP and FSDP
     python bench/scaling.py --part fsdp --gpus 2 --steps 4 --warmup 1 --modes eager --overrides \
         backbone=latte_tiny trainer.accelerator=cpu trainer.precision=32-true data.num_workers=0  # CPU smoke
@@ -52,13 +52,15 @@ def configurations(part: str, gpus: list[int], variants: list[str] = DDP_VARIANT
                 rows.append(
                     {**latte, "trainer": "ddp", "gpus": n, "modes": ["compiled"], "overrides": overrides}
                 )
-    if part == "fsdp":
-        for n in [n for n in gpus if n > 1]:
-            rows.append({**latte, "trainer": "fsdp", "gpus": n, "modes": ["eager", "compiled"]})
+    if part == "fsdp":  # one GPU (trainer=gpu) is the efficiency baseline measured on the same machine
+        for n in gpus:
+            rows.append(
+                {**latte, "trainer": "gpu" if n == 1 else "fsdp", "gpus": n, "modes": ["eager", "compiled"]}
+            )
     if part == "pair":  # FSDP also with the weights kept gathered through the generator's 16-frame rollout
         gathered = ["trainer.strategy.reshard_after_forward=false"]
         for n in gpus:
-            runs = [("gpu", [])] if n == 1 else [("ddp", []), ("fsdp", []), ("fsdp", gathered)]
+            runs = [("gpu", [])] if n == 1 else [("fsdp", gathered), ("fsdp", []), ("ddp", [])]
             for trainer, extra in runs:
                 overrides = [*AAPT_PAIR, *extra]
                 rows.append(
@@ -68,7 +70,15 @@ def configurations(part: str, gpus: list[int], variants: list[str] = DDP_VARIANT
     return rows
 
 
-def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], timeout: float) -> list[dict]:
+def run(
+    row: dict,
+    steps: int,
+    warmup: int,
+    extra: list[str],
+    modes: list[str],
+    timeout: float,
+    profile: Path | None = None,
+) -> list[dict]:
     """One torchrun of train_loop.py for ``row`` (its modes among ``modes``); its rows, one per mode."""
     row = {**row, "modes": [m for m in row["modes"] if m in modes]}
     if not row["modes"]:
@@ -86,6 +96,9 @@ def run(row: dict, steps: int, warmup: int, extra: list[str], modes: list[str], 
         command += ["--steps", str(row.get("steps", steps)), "--warmup", str(row.get("warmup", warmup))]
         command += ["--modes", *row["modes"], "--json", str(out)]
         command += ["--dump-stacks-after", str(max(timeout - 15, 0.8 * timeout))]
+        if profile:  # <dir>/<trainer>_<gpus>gpu.<mode>.json
+            profile.mkdir(parents=True, exist_ok=True)
+            command += ["--profile", str(profile / f"{row['trainer']}_{row['gpus']}gpu")]
         command += ["--overrides", f"trainer={row['trainer']}"]
         command += [f"trainer.devices={row['gpus']}", *row["overrides"], *extra]
         print(f"{time.strftime('%H:%M:%S')} {' '.join(command[5:])}", flush=True)
@@ -128,10 +141,13 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per torchrun before it is killed")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile", type=Path, help="a folder: each run's GPU profile summary (train_loop.py)"
+    )
     args = parser.parse_args()
     rows = []
     for config in configurations(args.part, args.gpus, args.variants):
-        done = run(config, args.steps, args.warmup, args.overrides, args.modes, args.timeout)
+        done = run(config, args.steps, args.warmup, args.overrides, args.modes, args.timeout, args.profile)
         rows += done
         print(json.dumps(done), flush=True)
     if rows:

@@ -69,6 +69,80 @@ class StepTimer(Callback):
         self.path.write_text(json.dumps(self.times))
 
 
+def busy_ms(intervals: list[tuple[float, float]]) -> float:
+    """Milliseconds covered by the union of ``(start, end)`` intervals given in microseconds."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total / 1000
+
+
+class StepProfiler(Callback):
+    """``torch.profiler`` over ``steps`` training steps after ``skip``; rank 0 writes where the GPU time goes.
+
+    The summary (``path``, JSON) says per step: the wall time, the GPU busy time (kernels' union), the
+    compute and the NCCL kernel time, the NCCL time no compute kernel overlaps, each kernel class's
+    time, the longest kernels and the top CPU ops: enough to tell exposed communication from a CPU-bound loop.
+    """
+
+    STEPS = 3
+
+    def __init__(self, path: str, skip: int, steps: int = STEPS):
+        self.path, self.skip, self.steps, self.profiler = Path(path), skip, steps, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx == self.skip:
+            self.profiler = torch.profiler.profile(record_shapes=False)
+            self.profiler.__enter__()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.profiler is None or batch_idx != self.skip + self.steps - 1:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - self.start) * 1000 / self.steps
+        self.profiler.__exit__(None, None, None)
+        if trainer.global_rank == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.summary(wall), indent=2))
+        self.profiler = None
+
+    def summary(self, wall_ms: float) -> dict:
+        """Per-step milliseconds: wall, GPU busy, compute, NCCL, NCCL exposed, classes, top CPU ops."""
+        from bench.train_profile import kernel_class
+
+        kernels = [  # GPU kernels and copies; not the ranges (optimizer step, nccl:*) marked on the GPU row
+            e
+            for e in self.profiler.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ]
+        spans = [(e.time_range.start, e.time_range.end, kernel_class(e.name)) for e in kernels]
+        nccl = [(a, b) for a, b, c in spans if c == "communication (NCCL)"]
+        compute = [(a, b) for a, b, c in spans if c != "communication (NCCL)"]
+        classes = {}
+        for a, b, c in spans:
+            classes[c] = classes.get(c, 0.0) + (b - a) / 1000 / self.steps
+        busy, busy_compute = busy_ms(nccl + compute), busy_ms(compute)
+        names = {}
+        for e in kernels:
+            names[e.name[:90]] = names.get(e.name[:90], 0.0) + (e.time_range.end - e.time_range.start) / 1000
+        top_kernels = sorted(names.items(), key=lambda kv: -kv[1])[:12]
+        ops = sorted(self.profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        return {
+            "wall_ms": wall_ms,
+            "gpu_busy_ms": busy / self.steps,
+            "compute_ms": busy_compute / self.steps,
+            "nccl_ms": busy_ms(nccl) / self.steps,
+            "nccl_exposed_ms": (busy - busy_compute) / self.steps,
+            "gpu_idle_ms": wall_ms - busy / self.steps,
+            "classes_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
+            "top_kernels_ms": {name: ms / self.steps for name, ms in top_kernels},
+            "top_cpu_ops_ms": {e.key: e.self_cpu_time_total / 1000 / self.steps for e in ops[:15]},
+        }
+
+
 class CompileWhole(Callback):
     """Compile the whole backbone in one ``torch.compile`` before the run (the ``compiled-whole`` mode)."""
 
@@ -77,7 +151,12 @@ class CompileWhole(Callback):
 
 
 def run(
-    mode: str, steps: int, warmup: int, overrides: list[str], experiment: str = "latte_synthetic"
+    mode: str,
+    steps: int,
+    warmup: int,
+    overrides: list[str],
+    experiment: str = "latte_synthetic",
+    profile: Path | None = None,
 ) -> dict:
     """One ``train()`` of ``steps`` steps; the median step after ``warmup`` steps, and the whole wall time."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +178,15 @@ def run(
                     f"paths.output_dir={tmp}/run",
                     "+callbacks.step_timer._target_=bench.train_loop.StepTimer",
                     f"+callbacks.step_timer.path={tmp}/step_times.json",
+                    *(
+                        [
+                            "+callbacks.profiler._target_=bench.train_loop.StepProfiler",
+                            f"+callbacks.profiler.path={profile.with_suffix(f'.{mode}.json')}",
+                            f"+callbacks.profiler.skip={warmup}",
+                        ]
+                        if profile
+                        else []
+                    ),
                 ],
             )
         if torch.cuda.is_available():
@@ -107,7 +195,7 @@ def run(
         metrics = train(cfg)
         wall = time.perf_counter() - start
         times = json.loads(Path(tmp, "step_times.json").read_text())
-    step = statistics.median(times[warmup:])
+    step = statistics.median(times[warmup + (StepProfiler.STEPS if profile else 0) :])  # not the profiled
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     strategy = cfg.trainer.strategy
     on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
@@ -141,15 +229,21 @@ def main() -> None:
     parser.add_argument("--experiment", default="latte_synthetic", help="e.g. aapt_sky_gan (+ init=scratch)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides")
     parser.add_argument("--json", type=Path, help="write the rows here too, each as soon as it is measured")
+    parser.add_argument(
+        "--profile", type=Path, help="a GPU profile of 3 steps after warm-up: <path>.<mode>.json"
+    )
     parser.add_argument("--dump-stacks-after", type=float, help="seconds: then print every thread's stack")
     args = parser.parse_args()
-    assert args.steps > args.warmup, "--steps must exceed --warmup, or nothing is timed"
+    profiled = StepProfiler.STEPS if args.profile else 0
+    assert args.steps > args.warmup + profiled, (
+        "--steps must exceed --warmup (+ the profiled), or nothing is timed"
+    )
     if args.dump_stacks_after:  # a stalled (multi-GPU) run says where each rank waits
         faulthandler.dump_traceback_later(args.dump_stacks_after, exit=False)
     register_resolvers()
     rank, rows = int(os.environ.get("RANK", 0)), []
     for mode in args.modes:
-        rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment))
+        rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment, args.profile))
         if args.json and rank == 0:  # whole or not at all, should the run be killed while writing
             args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=2))
             args.json.with_suffix(".tmp").replace(args.json)

@@ -38,6 +38,7 @@ def sync() -> None:
 
 # kernel-name pattern -> class, first match wins (cuBLAS/cuDNN/CUTLASS/Triton names on sm90)
 KERNEL_CLASSES = [
+    (r"nccl", "communication (NCCL)"),
     (r"flash|fmha|attention|cudnn.*sdpa|_efficient_attention", "attention"),
     (r"gemm|nvjet|cutlass|xmma|sm90_|matmul|splitk", "matmul"),
     (r"multi_tensor|adam", "optimizer"),

@@ -38,21 +38,23 @@ def test_train_profile_times_each_backend_and_writes_json(tmp_path):
     assert "| SDPA backend first |" in result.stdout
 
 
-def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row(tmp_path):
-    """A CPU smoke run of bench/scaling.py: one torchrun of bench/train_loop.py on 1 process."""
+def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row_and_profile(tmp_path):
+    """A CPU smoke run of bench/scaling.py: one torchrun of bench/train_loop.py on 1 process, profiled."""
     out = tmp_path / "scaling.json"
     overrides = ["backbone=latte_tiny", "trainer.accelerator=cpu", "trainer.precision=32-true"]
     overrides += ["data.num_workers=0", "data.batch_size=2", "data.num_frames=4"]
     command = [sys.executable, str(ROOT / "bench" / "scaling.py"), "--part", "latte", "--gpus", "1"]
     command += [
         "--steps",
-        "3",
+        "5",
         "--warmup",
         "1",
         "--modes",
         "eager",
         "--json",
         str(out),
+        "--profile",
+        str(tmp_path / "profiles"),
         "--overrides",
         *overrides,
     ]
@@ -62,3 +64,14 @@ def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row(tmp_path
     assert (row["trainer"], row["gpus"], row["mode"], row["device"]) == ("gpu", 1, "eager", "cpu")
     assert row["samples_per_s"] > 0 and row["torch"] == torch.__version__ and row["date"]
     assert "| Latte-XL/2 | gpu | 1 | eager |" in result.stdout and "device: cpu" in result.stdout
+    profile = json.loads((tmp_path / "profiles" / "gpu_1gpu.eager.json").read_text())
+    assert profile["wall_ms"] > 0 and profile["gpu_busy_ms"] == 0, "no GPU kernels on the CPU"
+    assert any("aten::" in op for op in profile["top_cpu_ops_ms"])
+
+
+def test_busy_time_is_the_union_of_the_kernels_intervals():
+    """Overlapping kernels (compute beside NCCL) count once; gaps not at all (microseconds in, ms out)."""
+    from bench.train_loop import busy_ms
+
+    assert busy_ms([(20, 30), (0, 10), (5, 15), (6, 7)]) == 0.025
+    assert busy_ms([]) == 0
