@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from diffusion.flow_matching import FlowMatching
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.objective import Model, NoisePrior, Objective, draw_noise
-from utils.distributed import is_sharded
+from utils.distributed import gathered_dtype, is_sharded
 
 SAMPLERS_FOR = {  # the config choices that sample each objective, for the error of a mismatch
     "GaussianDiffusion": "sampler=ddpm, sampler=ddim or sampler=dpm_solver",
@@ -144,11 +144,13 @@ class SamplerBase:
         trained in between is sampled as it is now), so a compiled copy is compiled once.
         """
         dtype = resolve_precision(self.precision, device)
+        if isinstance(model, nn.Module) and is_sharded(model):  # FSDP's weights (no copy): autocast
+            if dtype == torch.float32:  # to the dtype it gathers its weights in, when that is lower
+                dtype = gathered_dtype(model)
+            return model if dtype == torch.float32 else _autocast(model, device, dtype)
         if dtype == torch.float32 and not self.compile:
             return model
-        if not isinstance(model, nn.Module) or is_sharded(
-            model
-        ):  # a function, or FSDP's weights (no copy): autocast
+        if not isinstance(model, nn.Module):  # a function: autocast
             return model if dtype == torch.float32 else _autocast(model, device, dtype)
         cached = self._fast
         if cached is None or cached[0]() is not model or cached[1].dtype != dtype:

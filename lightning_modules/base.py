@@ -75,7 +75,13 @@ class VideoModule(LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None  # None: called by hand
         if isinstance(strategy, ShardedDataParallel) and not is_sharded(self):
             mesh = self.device_mesh["data_parallel"]
-            shard_module(self, mesh, skip=self.unsaved, reshard_after_forward=strategy.reshard_after_forward)
+            shard_module(
+                self,
+                mesh,
+                skip=self.unsaved,
+                reshard_after_forward=strategy.reshard_after_forward,
+                param_dtype=strategy.param_dtype,
+            )
 
     #############################################################################
     #                                    EMA                                    #

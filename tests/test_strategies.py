@@ -2,16 +2,21 @@
 sharded checkpoints resume on another number of processes and read as ordinary files; GAN modules run
 under DDP. Plus the pieces that make sharding work: lock-step sampling, run folders holding folders."""
 
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
+from torch.distributed.device_mesh import init_device_mesh
 
+from diffusion.sampling import Sampler
 from lightning_modules import LatteDiffusion
 from metrics import suite
 from tests.conftest import ROOT, TINY, compose_train
@@ -19,7 +24,7 @@ from tests.test_aapt import AAPT_GAN
 from tests.test_apla import APLA_RUN
 from utils.files import load_file
 from utils.run import checkpoint_in_run_folder
-from utils.strategies import DataParallel
+from utils.strategies import DataParallel, ShardedDataParallel, shard_module
 
 CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2"]
 MODULES = {  # tiny runs of the three modules, 4 steps with checkpoints at steps 2 and 4
@@ -166,6 +171,55 @@ def check_ddp_setup(monkeypatch, tmp_path) -> None:
         assert strategy._ddp_kwargs.get("find_unused_parameters", False) is manual
         strategy.teardown()
         assert torch._dynamo.config.optimize_ddp == "python_reducer", "restored after the fit"
+
+
+def test_bf16_gathers_feed_the_blocks_bf16_weights_and_keep_fp32_shards_gradients_and_inputs(tmp_path):
+    """trainer.strategy.param_dtype=bfloat16 (one rank): the blocks run on bf16 copies of the weights, the
+    timestep and the fp32 residual stream come in as they are, the shards and their gradients stay fp32,
+    the output and gradients are the fp32 model's under autocast; a fp32 sampler runs it under autocast."""
+    cfg = compose_train(tmp_path, [*TINY, "trainer=fsdp", "trainer.strategy.param_dtype=bfloat16"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, ShardedDataParallel) and strategy.param_dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="mixed precision"):
+        strategy.setup(SimpleNamespace(precision="32-true"))
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        ShardedDataParallel(param_dtype="bf16")
+    module = instantiate(cfg.module)
+    reference = copy.deepcopy(module.backbone)
+    model = module.backbone
+    x = torch.randn(2, model.num_frames, model.in_channels, model.input_size, model.input_size)
+    t = torch.tensor([999.0, 3.0])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        shard_module(module, init_device_mesh("cpu", (1,)), skip=module.unsaved, param_dtype=torch.bfloat16)
+        seen = []  # (the first block's weight dtype, its input's) when it runs
+
+        def record(block, args):
+            seen.append((next(block.parameters()).dtype, args[0].dtype))
+
+        model.blocks[0].register_forward_pre_hook(record)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t)
+            expected = reference(x, t)
+        out.float().square().mean().backward()
+        expected.float().square().mean().backward()
+        assert seen == [(torch.bfloat16, torch.float32)], "bf16 weights meet the activations as they come"
+        trained = [p for p in model.parameters() if p.requires_grad]
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in trained)
+        assert torch.allclose(out.float(), expected.float(), atol=1e-6), "autocast casts the weights alike"
+        grads = zip(model.named_parameters(), reference.parameters())
+        different = [
+            n
+            for (n, p), q in grads
+            if p.requires_grad and not torch.allclose(p.grad.full_tensor(), q.grad, atol=1e-6)
+        ]
+        assert not different, f"gradients differ from autocast's: {different[:3]}"
+        sampled = Sampler("ddim", num_steps=2, precision="fp32").inference_model(
+            module.ema, torch.device("cpu")
+        )
+        assert sampled(x, t).dtype == torch.float32  # under autocast to bf16, its output fp32
+    finally:
+        dist.destroy_process_group()
 
 
 def test_module_compile_compiles_each_backbone_block_once(tmp_path):

@@ -55,6 +55,11 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
+def gathered_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a sharded ``module``'s forward gathers its weights in (``trainer.strategy.param_dtype``)."""
+    return getattr(module, "gathered_dtype", None) or torch.float32
+
+
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a sharded tensor, the tensor itself otherwise."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor

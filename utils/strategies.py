@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from utils.files import META, load_file
 
@@ -55,6 +55,7 @@ class DataParallel(DDPStrategy):
     def __init__(self, *args, split_compiled_graphs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.split_compiled_graphs = split_compiled_graphs
+        self._optimize_ddp = torch._dynamo.config.optimize_ddp  # read again in setup; teardown restores it
 
     def setup(self, trainer) -> None:
         if not self.lightning_module.automatic_optimization:
@@ -65,7 +66,7 @@ class DataParallel(DDPStrategy):
 
     def teardown(self) -> None:
         super().teardown()
-        torch._dynamo.config.optimize_ddp = getattr(self, "_optimize_ddp", torch._dynamo.config.optimize_ddp)
+        torch._dynamo.config.optimize_ddp = self._optimize_ddp
 
 
 #################################################################################
@@ -74,14 +75,28 @@ class DataParallel(DDPStrategy):
 
 
 def shard_module(
-    module: nn.Module, mesh: DeviceMesh, skip: tuple[str, ...] = (), reshard_after_forward: bool = True
+    module: nn.Module,
+    mesh: DeviceMesh,
+    skip: tuple[str, ...] = (),
+    reshard_after_forward: bool = True,
+    param_dtype: torch.dtype | None = None,
 ) -> None:
     """``fully_shard`` every transformer block (each module of a ``blocks`` list), then each top-level child
     with parameters except those named in ``skip`` (frozen, stored apart: the autoencoder).
 
     A child's own ``forward`` gathers the rest of its weights (embeddings, heads, a discriminator's trunk
     outside its blocks) for everything it calls, ``features`` included; one block's are gathered at a time.
+    ``param_dtype``: gather the blocks' weights cast to it (the shards, the optimizer and the EMA stay fp32;
+    the gradients are reduced in fp32). Under autocast every matmul casts its weights to bf16 anyway, so
+    this changes no arithmetic but the LayerNorm affines' rounding; the children's own weights (embeddings,
+    the frozen position embeddings added to the fp32 residual stream, heads: a few % of the bytes) stay fp32.
+    The inputs are left as they come (a timestep must not round to bf16).
     """
+    blocks_policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype,
+        reduce_dtype=torch.float32 if param_dtype is not None else None,
+        cast_forward_inputs=False,
+    )
     for name, child in module.named_children():
         if name in skip or not any(True for _ in child.parameters()) or isinstance(child, FSDPModule):
             continue
@@ -89,8 +104,9 @@ def shard_module(
         reshard = reshard_after_forward or not trained  # reshards what their forwards leave gathered
         blocks = [m.blocks for m in child.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
         for block in [block for blocklist in blocks for block in blocklist]:
-            fully_shard(block, mesh=mesh, reshard_after_forward=reshard)
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=blocks_policy)
         fully_shard(child, mesh=mesh, reshard_after_forward=reshard)
+        child.gathered_dtype = param_dtype  # its blocks': a sampler runs it under autocast to that
 
 
 #################################################################################
@@ -116,12 +132,28 @@ class ShardedDataParallel(ModelParallelStrategy):
 
     ``reshard_after_forward``: free the gathered weights after each forward (ZeRO-3; False keeps them until
     the backward, ZeRO-2-like: less communication, more memory).
+    ``param_dtype``: ``bfloat16`` gathers the transformer blocks' weights in bf16, half the bytes of fp32
+    all-gathers. Under ``bf16-mixed`` autocast every matmul casts its weights to bf16 anyway, so the
+    arithmetic is DDP's but for the rounding of LayerNorm affines (``shard_module``). Null (the default)
+    gathers fp32.
     """
 
-    def __init__(self, reshard_after_forward: bool = True, **kwargs: Any):
+    def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, **kwargs: Any):
         kwargs = {"data_parallel_size": "auto", "tensor_parallel_size": 1, **kwargs}
         super().__init__(save_distributed_checkpoint=True, **kwargs)  # one file per rank: resumes anywhere
+        if param_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"param_dtype is null, bfloat16 or float16, got {param_dtype!r}")
         self.reshard_after_forward = reshard_after_forward
+        self.param_dtype = getattr(torch, param_dtype) if param_dtype else None
+
+    def setup(self, trainer) -> None:
+        if self.param_dtype is not None and not str(trainer.precision).endswith("-mixed"):
+            raise ValueError(
+                f"trainer.strategy.param_dtype={self.param_dtype} needs a mixed precision (bf16-mixed) whose "
+                f"autocast matches the gathered half-precision weights to the fp32 activations; got "
+                f"trainer.precision={trainer.precision}"
+            )
+        super().setup(trainer)
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes  # every rank: one data-parallel mesh
