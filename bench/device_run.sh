@@ -6,7 +6,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -125,4 +125,17 @@ python3 bench/scaling.py --part fsdp --gpus 4 --modes compiled --steps 20 --warm
   --json "$OUT"/fsdp_fp32_gather.json
 python3 bench/scaling.py --part latte --gpus 4 --modes compiled --steps 20 --warmup 8 --timeout 90 \
   --json "$OUT"/ddp_compiled.json
+fi
+
+if [[ $what == *sampler-quality* ]]; then
+echo "== issue #14 item 3: Latte-S/2 on synthetic 16 x 32² clips (pixel space, the paper's 16 x 256 tokens), then"
+echo "== FVD/FID/KID of 2048 videos from DDPM-250, DDIM-50/25, DPM-Solver++-20/10 (random-weight detectors)"
+dir=/tmp/sampler_quality; rm -rf $dir
+timeout ${SQ_TRAIN_S:-330} python3 train.py experiment=latte_synthetic backbone=latte_S_2 autoencoder=identity \
+  data.resolution=32 data.num_frames=16 data.batch_size=32 data.num_workers=8 module.compile=true logger=csv \
+  trainer.max_steps=${SQ_STEPS:-10000} trainer.limit_val_batches=0 trainer.enable_progress_bar=false \
+  '~callbacks.video_sampler' callbacks.model_checkpoint.every_n_train_steps=1000 hydra.run.dir=$dir/run 2>&1 | tail -3
+tail -2 $dir/run/csv/version_0/metrics.csv
+python3 bench/sampler_quality.py $dir/run/checkpoints/last.ckpt --random-detectors --compile --batch-size 64 \
+  --json "$OUT"/sampler_quality.json --overrides data.resolution=32 2>&1 | grep -E "^\||^device"
 fi

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
@@ -75,3 +76,27 @@ def test_busy_time_is_the_union_of_the_kernels_intervals():
 
     assert busy_ms([(20, 30), (0, 10), (5, 15), (6, 7)]) == 0.025
     assert busy_ms([]) == 0
+
+
+@pytest.mark.slow
+def test_sampler_quality_evaluates_each_sampler_against_ddpm250_with_random_detectors(tmp_path):
+    """A CPU smoke run of bench/sampler_quality.py: a 2-step tiny checkpoint of 16-frame clips, DDPM-250 and
+    DPM-Solver++-4 through evaluate(), random-weight I3D; each row's FVD, its ratio to DDPM-250's, times."""
+    tiny = ["backbone=latte_tiny", "backbone.patch_size=4", "data.num_frames=16", "data.resolution=16"]
+    tiny += ["data.batch_size=2", "data.num_workers=0", "data.dataset.num_videos=8", "trainer.max_steps=2"]
+    tiny += ["trainer.limit_val_batches=0", "~callbacks.video_sampler", f"hydra.run.dir={tmp_path / 'run'}"]
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny], cwd=tmp_path, capture_output=True)
+    assert train.returncode == 0, train.stderr[-3000:]
+    out, ckpt = tmp_path / "rows.json", tmp_path / "run" / "checkpoints" / "last.ckpt"
+    command = [sys.executable, str(ROOT / "bench" / "sampler_quality.py"), str(ckpt), "--random-detectors"]
+    command += ["--samplers", "ddpm:250", "dpm_solver:4", "--num-videos", "4", "--batch-size", "2"]
+    command += ["--json", str(out), "--overrides", "metrics=fvd", "data.resolution=16", "data.num_workers=0"]
+    command += ["real.num_videos=8", "real.batch_size=4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddpm, fast = json.loads(out.read_text())
+    assert (ddpm["tag"], fast["tag"]) == ("ddpm250", "dpmpp2m4")
+    assert ddpm["fvd_vs_ddpm250"] == 1.0 and ddpm["counts"]
+    assert fast["fvd_vs_ddpm250"] == pytest.approx(fast["values"]["fvd"] / ddpm["values"]["fvd"])
+    assert all(r["detectors"] == "random-weight" and r["seconds"] > 0 for r in (ddpm, fast))
+    assert "| ddpm250 |" in result.stdout and "random-weight detectors" in result.stdout

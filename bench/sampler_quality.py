@@ -1,0 +1,136 @@
+"""Equal quality, shown (issue #14, items 3-4): one checkpoint's FVD/FID/KID under each sampler, and the wall
+time of each evaluation as ``evaluate.py`` runs it.
+
+Every sampler is one ``metrics.evaluation.evaluate`` (the ``evaluate.py`` path: its config, seed, batching
+and real reference) on the same checkpoint's EMA weights. The table gives each metric, the FVD against
+DDPM-250's (a fast sampler counts where it is within 5%), the evaluation's wall time and its seconds per
+generated video (sampling + features + statistics; the real reference is prepared before the clocks start).
+Without the real detector files, ``--random-detectors`` writes a randomly initialised I3D (TorchScript
+signature) and InceptionV3 of the real architectures, and every row says so: such figures compare samplers
+with each other, not with papers.
+
+    python bench/sampler_quality.py CKPT --random-detectors    # DDPM-250, DDIM-50/25, DPM-Solver++-20/10
+    torchrun --nproc-per-node=2 bench/sampler_quality.py CKPT --random-detectors --samplers dpm_solver:20
+    python bench/sampler_quality.py CKPT --random-detectors --samplers ddpm:4 ddim:2 --num-videos 6 \
+        --overrides metrics=fvd metrics.num_frames=4 data.resolution=16 real.num_videos=8   # CPU smoke run
+
+Prints one table (rank 0) and writes the rows as JSON (``--json``).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from metrics import I3DTorchScriptLike, InceptionI3d  # noqa: E402
+from metrics.evaluation import evaluate  # noqa: E402
+from metrics.standins import random_inception_weights, randomize_, save_scripted  # noqa: E402
+from utils.config import register_resolvers  # noqa: E402
+from utils.distributed import join_torchrun  # noqa: E402
+
+SAMPLERS = ["ddpm:250", "ddim:50", "ddim:25", "dpm_solver:20", "dpm_solver:10"]  # issue #14, item 3
+WITHIN = 0.05  # a fast sampler counts where its FVD is within 5% of DDPM-250's
+
+
+def random_detectors(folder: Path) -> Path:
+    """Random-weight I3D and InceptionV3 files (seeded: alike on every rank) under their registry names."""
+    save_scripted(I3DTorchScriptLike(randomize_(InceptionI3d(), seed=0)), folder / "i3d_torchscript.pt")
+    random_inception_weights(folder / "weights-inception-2015-12-05-6726825d.pth")
+    return folder
+
+
+def config(spec: str, args: argparse.Namespace, weights_dir: Path | None, out: Path) -> DictConfig:
+    """evaluate.py's config for the checkpoint with sampler ``name:steps``."""
+    name, steps = spec.split(":")
+    overrides = [f"ckpt_path={args.ckpt}", f"sampler={name}", f"sampler.num_steps={steps}"]
+    overrides += [f"num_videos={args.num_videos}", f"batch_size={args.batch_size}", "progress=false"]
+    overrides += [f"sampler.compile={str(args.compile).lower()}", f"paths.output_dir={out / spec}"]
+    overrides += [f"paths.weights_dir={weights_dir}"] if weights_dir else []
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=[*overrides, *args.overrides])
+
+
+def prepare_reference(cfg: DictConfig) -> None:
+    """The real reference statistics, computed (or found cached) before any row's clock starts."""
+    device = join_torchrun(cfg.device)
+    instantiate(cfg.metrics).to(device).prepare_reference(instantiate(cfg.real), progress=False)
+
+
+def one_sampler(spec: str, args: argparse.Namespace, weights_dir: Path | None, out: Path) -> dict:
+    """``evaluate()`` of the checkpoint with sampler ``name:steps``; its row."""
+    record = evaluate(config(spec, args, weights_dir, out))
+    return {
+        "sampler": spec,
+        "tag": record["source"]["sampler"],
+        "values": record["values"],
+        "seconds": record["seconds"],
+        "seconds_per_video": record["seconds"] / record["num_generated"],
+        "num_generated": record["num_generated"],
+        "processes": record["processes"],
+        "detectors": "random-weight" if weights_dir else "registry",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "ckpt", help="a train.py checkpoint (file or sharded folder) or an official Latte file"
+    )
+    parser.add_argument("--samplers", nargs="+", default=SAMPLERS, help="sampler group:steps, in order")
+    parser.add_argument("--num-videos", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--compile", action="store_true", help="sampler.compile=true (the fast path on a GPU)"
+    )
+    parser.add_argument("--random-detectors", action="store_true", help="random-weight I3D and InceptionV3")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for evaluate.py")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    register_resolvers()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights_dir = random_detectors(Path(tmp) / "weights") if args.random_detectors else None
+        prepare_reference(config(args.samplers[0], args, weights_dir, Path(tmp) / "runs"))
+        rows = [one_sampler(spec, args, weights_dir, Path(tmp) / "runs") for spec in args.samplers]
+    if int(os.environ.get("RANK", 0)) > 0:
+        return
+    baseline = next((r["values"].get("fvd") for r in rows if r["sampler"] == "ddpm:250"), None)
+    for r in rows:
+        fvd = r["values"].get("fvd")
+        r["fvd_vs_ddpm250"] = fvd / baseline if baseline and fvd is not None else None
+        r["counts"] = r["fvd_vs_ddpm250"] is not None and r["fvd_vs_ddpm250"] <= 1 + WITHIN
+    metrics = sorted({k for r in rows for k in r["values"]})
+    first = rows[0]
+    print(
+        f"device: {first['device']} x {first['processes']}, torch {first['torch']}, {first['date']}; "
+        f"{first['num_generated']} videos, {first['detectors']} detectors"
+    )
+    print(f"| sampler | {' | '.join(metrics)} | FVD / DDPM-250's | within 5% | wall s | s per video |")
+    print("|---|" + "---|" * (len(metrics) + 4))
+    for r in rows:
+        ratio = f"{r['fvd_vs_ddpm250']:.3f}" if r["fvd_vs_ddpm250"] is not None else "-"
+        values = " | ".join(f"{r['values'][k]:.3f}" if k in r["values"] else "-" for k in metrics)
+        print(
+            f"| {r['tag']} | {values} | {ratio} | {'yes' if r['counts'] else 'no'} | {r['seconds']:.1f} | "
+            f"{r['seconds_per_video']:.3f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
