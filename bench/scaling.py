@@ -118,7 +118,7 @@ def run(
             if process.returncode != 0:
                 print(f"FAILED\n{stderr[-3000:]}", flush=True)
         results = json.loads(out.read_text()) if out.exists() else []  # the modes measured before any stop
-    variant = " ".join(o for o in row["overrides"] if o not in AAPT_PAIR)
+    variant = " ".join(o for o in [*row["overrides"], *extra] if o not in AAPT_PAIR)  # --overrides too
     return [{**r, "model": row["model"], "trainer": row["trainer"], "variant": variant} for r in results]
 
 

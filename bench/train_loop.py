@@ -110,37 +110,45 @@ class StepProfiler(Callback):
         self.profiler = None
 
     def summary(self, wall_ms: float) -> dict:
-        """Per-step milliseconds: wall, GPU busy, compute, NCCL, NCCL exposed, classes, top CPU ops."""
-        from bench.train_profile import kernel_class
-
-        kernels = [  # GPU kernels and copies; not the ranges (optimizer step, nccl:*) marked on the GPU row
-            e
-            for e in self.profiler.events()
-            if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-        ]
-        spans = [(e.time_range.start, e.time_range.end, kernel_class(e.name)) for e in kernels]
-        nccl = [(a, b) for a, b, c in spans if c == "communication (NCCL)"]
-        compute = [(a, b) for a, b, c in spans if c != "communication (NCCL)"]
-        classes = {}
-        for a, b, c in spans:
-            classes[c] = classes.get(c, 0.0) + (b - a) / 1000 / self.steps
-        busy, busy_compute = busy_ms(nccl + compute), busy_ms(compute)
-        names = {}
-        for e in kernels:
-            names[e.name[:90]] = names.get(e.name[:90], 0.0) + (e.time_range.end - e.time_range.start) / 1000
-        top_kernels = sorted(names.items(), key=lambda kv: -kv[1])[:12]
+        """Per-step milliseconds: wall, GPU time (``gpu_time``) and the top CPU ops."""
         ops = sorted(self.profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         return {
             "wall_ms": wall_ms,
-            "gpu_busy_ms": busy / self.steps,
-            "compute_ms": busy_compute / self.steps,
-            "nccl_ms": busy_ms(nccl) / self.steps,
-            "nccl_exposed_ms": (busy - busy_compute) / self.steps,
-            "gpu_idle_ms": wall_ms - busy / self.steps,
-            "classes_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
-            "top_kernels_ms": {name: ms / self.steps for name, ms in top_kernels},
+            **gpu_time(self.profiler.events(), self.steps, wall_ms),
             "top_cpu_ops_ms": {e.key: e.self_cpu_time_total / 1000 / self.steps for e in ops[:15]},
         }
+
+
+def gpu_time(events: list, steps: int, wall_ms: float) -> dict:
+    """Per-step milliseconds of profiler ``events``: GPU busy, compute, NCCL, NCCL no compute overlaps,
+    idle, each kernel class's and the longest kernels'.
+
+    The ranges that the profiler also draws on the GPU row (``Optimizer.step#AdamW.step``, ``nccl:*``,
+    ``DistributedDataParallel.forward``) carry the name of a CPU event and are left out: only kernels and
+    copies count (``is_user_annotation`` does not mark them on every torch version).
+    """
+    from bench.train_profile import kernel_class
+
+    gpu = torch.autograd.DeviceType.CUDA
+    ranges = {e.name for e in events if e.device_type != gpu}
+    kernels = [e for e in events if e.device_type == gpu and e.name not in ranges]
+    spans = [(e.time_range.start, e.time_range.end, kernel_class(e.name)) for e in kernels]
+    nccl = [(a, b) for a, b, c in spans if c == "communication (NCCL)"]
+    compute = [(a, b) for a, b, c in spans if c != "communication (NCCL)"]
+    classes, names = {}, {}
+    for (a, b, c), e in zip(spans, kernels):
+        classes[c] = classes.get(c, 0.0) + (b - a) / 1000 / steps
+        names[e.name[:90]] = names.get(e.name[:90], 0.0) + (b - a) / 1000 / steps
+    busy, busy_compute = busy_ms(nccl + compute) / steps, busy_ms(compute) / steps
+    return {
+        "gpu_busy_ms": busy,
+        "compute_ms": busy_compute,
+        "nccl_ms": busy_ms(nccl) / steps,
+        "nccl_exposed_ms": busy - busy_compute,
+        "gpu_idle_ms": wall_ms - busy,
+        "classes_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
+        "top_kernels_ms": dict(sorted(names.items(), key=lambda kv: -kv[1])[:12]),
+    }
 
 
 class CompileWhole(Callback):

@@ -61,6 +61,9 @@ class VideoModule(LightningModule):
     """Base of the framework's LightningModules: EMA, NaN guard, RNG streams, checkpoint rules, sampling."""
 
     unsaved: tuple[str, ...] = ("autoencoder",)  # frozen submodules that checkpoints leave out
+    # trainer.strategy.param_dtype (bf16-gathered blocks) needs every forward outside training under autocast:
+    # true where sampling runs the sharded networks through a Sampler, which autocasts them
+    half_gathers_ok: bool = False
 
     def __init__(self, ema_decay: float = 0.9999):
         super().__init__()

@@ -21,6 +21,8 @@ from lightning_modules.base import VideoModule, with_scheduler
 class LatteDiffusion(VideoModule):
     """Latent video diffusion with an EMA copy of the backbone that is checkpointed and used for sampling."""
 
+    half_gathers_ok = True  # sample() runs the sharded EMA through the Sampler, which autocasts it
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -64,6 +64,7 @@ def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row_and_prof
     (row,) = json.loads(out.read_text())
     assert (row["trainer"], row["gpus"], row["mode"], row["device"]) == ("gpu", 1, "eager", "cpu")
     assert row["samples_per_s"] > 0 and row["torch"] == torch.__version__ and row["date"]
+    assert "backbone=latte_tiny" in row["variant"], "a row names the --overrides it ran with"
     assert "| Latte-XL/2 | gpu | 1 | eager |" in result.stdout and "device: cpu" in result.stdout
     profile = json.loads((tmp_path / "profiles" / "gpu_1gpu.eager.json").read_text())
     assert profile["wall_ms"] > 0 and profile["gpu_busy_ms"] == 0, "no GPU kernels on the CPU"
@@ -100,3 +101,32 @@ def test_sampler_quality_evaluates_each_sampler_against_ddpm250_with_random_dete
     assert fast["fvd_vs_ddpm250"] == pytest.approx(fast["values"]["fvd"] / ddpm["values"]["fvd"])
     assert all(r["detectors"] == "random-weight" and r["seconds"] > 0 for r in (ddpm, fast))
     assert "| ddpm250 |" in result.stdout and "random-weight detectors" in result.stdout
+
+
+def test_gpu_time_counts_kernels_once_and_leaves_out_the_ranges_drawn_on_the_gpu_row():
+    """An optimizer range and an nccl:* range on the GPU row (named as their CPU events) are not kernels; a
+    NCCL kernel beside a GEMM is not exposed, one after it is."""
+    from types import SimpleNamespace
+
+    from bench.train_loop import gpu_time
+
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def event(name, device, start, end):
+        return SimpleNamespace(
+            name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end)
+        )
+
+    events = [
+        event("Optimizer.step#AdamW.step", cpu, 0, 9000),
+        event("Optimizer.step#AdamW.step", gpu, 0, 9000),  # the range, drawn on the GPU row
+        event("nccl:all_reduce", cpu, 0, 500),
+        event("nccl:all_reduce", gpu, 3000, 6000),
+        event("nvjet_sm90_gemm", gpu, 0, 4000),
+        event("ncclDevKernel_AllReduce_Sum_f32", gpu, 3000, 6000),  # 1 ms beside the GEMM, 2 ms exposed
+    ]
+    time = gpu_time(events, steps=1, wall_ms=8.0)
+    assert time["gpu_busy_ms"] == 6.0 and time["compute_ms"] == 4.0 and time["nccl_ms"] == 3.0
+    assert time["nccl_exposed_ms"] == 2.0 and time["gpu_idle_ms"] == 2.0
+    assert time["classes_ms"] == {"matmul": 4.0, "communication (NCCL)": 3.0}
+    assert "Optimizer.step#AdamW.step" not in time["top_kernels_ms"]

@@ -17,7 +17,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.device_mesh import init_device_mesh
 
 from diffusion.sampling import Sampler
-from lightning_modules import LatteDiffusion
+from lightning_modules import AAPTGan, LatteDiffusion
 from metrics import suite
 from tests.conftest import ROOT, TINY, compose_train
 from tests.test_aapt import AAPT_GAN
@@ -180,11 +180,18 @@ def test_bf16_gathers_feed_the_blocks_bf16_weights_and_keep_fp32_shards_gradient
     cfg = compose_train(tmp_path, [*TINY, "trainer=fsdp", "trainer.strategy.param_dtype=bfloat16"])
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, ShardedDataParallel) and strategy.param_dtype is torch.bfloat16
+    latte = SimpleNamespace(precision="bf16-mixed", lightning_module=LatteDiffusion.__new__(LatteDiffusion))
     with pytest.raises(ValueError, match="mixed precision"):
-        strategy.setup(SimpleNamespace(precision="32-true"))
+        strategy.setup(SimpleNamespace(**{**vars(latte), "precision": "32-true"}))
+    with pytest.raises(ValueError, match="AAPTGan samples .* outside autocast"):
+        strategy.setup(SimpleNamespace(**{**vars(latte), "lightning_module": AAPTGan.__new__(AAPTGan)}))
     with pytest.raises(ValueError, match="bfloat16 or float16"):
         ShardedDataParallel(param_dtype="bf16")
     module = instantiate(cfg.module)
+    with torch.no_grad():  # random weights: adaLN-Zero's zero init would make every output and gradient 0
+        for p in module.backbone.parameters():
+            p.normal_(0, 0.05)
+    module.reset_ema()
     reference = copy.deepcopy(module.backbone)
     model = module.backbone
     x = torch.randn(2, model.num_frames, model.in_channels, model.input_size, model.input_size)
@@ -206,6 +213,7 @@ def test_bf16_gathers_feed_the_blocks_bf16_weights_and_keep_fp32_shards_gradient
         assert seen == [(torch.bfloat16, torch.float32)], "bf16 weights meet the activations as they come"
         trained = [p for p in model.parameters() if p.requires_grad]
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in trained)
+        assert out.abs().mean() > 0.01, "the check below compares something"
         assert torch.allclose(out.float(), expected.float(), atol=1e-6), "autocast casts the weights alike"
         grads = zip(model.named_parameters(), reference.parameters())
         different = [
@@ -214,6 +222,7 @@ def test_bf16_gathers_feed_the_blocks_bf16_weights_and_keep_fp32_shards_gradient
             if p.requires_grad and not torch.allclose(p.grad.full_tensor(), q.grad, atol=1e-6)
         ]
         assert not different, f"gradients differ from autocast's: {different[:3]}"
+        assert all(q.grad.abs().sum() > 0 for q in reference.blocks.parameters()), "every block weight learns"
         sampled = Sampler("ddim", num_steps=2, precision="fp32").inference_model(
             module.ema, torch.device("cpu")
         )

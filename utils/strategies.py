@@ -89,7 +89,7 @@ def shard_module(
     ``param_dtype``: gather the blocks' weights cast to it (the shards, the optimizer and the EMA stay fp32;
     the gradients are reduced in fp32). Under autocast every matmul casts its weights to bf16 anyway, so
     this changes no arithmetic but the LayerNorm affines' rounding; the children's own weights (embeddings,
-    the frozen position embeddings added to the fp32 residual stream, heads: a few % of the bytes) stay fp32.
+    the frozen position embeddings added to the fp32 residual stream, heads: under 1% of the bytes) stay fp32.
     The inputs are left as they come (a timestep must not round to bf16).
     """
     blocks_policy = MixedPrecisionPolicy(
@@ -134,8 +134,8 @@ class ShardedDataParallel(ModelParallelStrategy):
     the backward, ZeRO-2-like: less communication, more memory).
     ``param_dtype``: ``bfloat16`` gathers the transformer blocks' weights in bf16, half the bytes of fp32
     all-gathers. Under ``bf16-mixed`` autocast every matmul casts its weights to bf16 anyway, so the
-    arithmetic is DDP's but for the rounding of LayerNorm affines (``shard_module``). Null (the default)
-    gathers fp32.
+    arithmetic is DDP's but for the rounding of LayerNorm affines (``shard_module``). Only for
+    ``LatteDiffusion`` (AAPT and APLA sample outside autocast). Null (the default) gathers fp32.
     """
 
     def __init__(self, reshard_after_forward: bool = True, param_dtype: str | None = None, **kwargs: Any):
@@ -152,6 +152,13 @@ class ShardedDataParallel(ModelParallelStrategy):
                 f"trainer.strategy.param_dtype={self.param_dtype} needs a mixed precision (bf16-mixed) whose "
                 f"autocast matches the gathered half-precision weights to the fp32 activations; got "
                 f"trainer.precision={trainer.precision}"
+            )
+        module = trainer.lightning_module
+        if self.param_dtype is not None and not module.half_gathers_ok:
+            raise ValueError(
+                f"trainer.strategy.param_dtype={self.param_dtype} is for LatteDiffusion: "
+                f"{type(module).__name__} samples (rollouts, inversions, streams) outside autocast, where "
+                "fp32 activations cannot meet half-precision weights; leave it null"
             )
         super().setup(trainer)
 
