@@ -26,6 +26,19 @@ def test_compiled_bf16_training_on_gpu_matches_the_eager_loss_curve(tmp_path):
     assert abs(compiled["train/loss"] - eager["train/loss"]) < 0.1 * eager["train/loss"] + 1e-3
 
 
+def test_compiled_float8_training_on_gpu_follows_the_bf16_loss_curve(tmp_path):
+    """module.float8=true on an H100-class GPU (float8 tensor cores), compiled: the loss after 200 steps of
+    the synthetic shapes within 10% of bf16's (needs torchao: pip install -e ".[fp8]")."""
+    pytest.importorskip("torchao")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 matmuls need compute capability 8.9 or later")
+    overrides = [*TINY, "trainer=gpu", "trainer.max_steps=200", "data.batch_size=8", "seed=0"]
+    overrides += ["backbone.size=S", "module.compile=true"]  # 384 wide: float8-GEMM-sized (multiples of 16)
+    bf16 = train(compose_train(tmp_path / "bf16", overrides))
+    fp8 = train(compose_train(tmp_path / "fp8", [*overrides, "module.float8=true"]))
+    assert abs(fp8["train/loss"] - bf16["train/loss"]) < 0.1 * bf16["train/loss"] + 1e-3
+
+
 def test_backbone_bf16_autocast_matches_fp32():
     torch.manual_seed(0)
     model = Latte(size="S", patch_size=2, input_size=32, num_frames=16).cuda()
