@@ -77,7 +77,7 @@ class LatteDiffusion(VideoModule):
         75 s, a step 178 ms instead of 182, and 37.3 GiB instead of 39.5; the embeddings and head stay eager.
         """
         if self.float8:  # before sharding (FSDP shards Float8Linear weights) and compiling (traced)
-            convert_to_float8(self.backbone)
+            convert_to_float8(self.backbone, self._trainer.strategy.root_device if self._trainer else None)
         super().configure_model()
         if self.compile_backbone:
             for block in self.backbone.blocks:
