@@ -21,7 +21,6 @@ Prints one table (rank 0) and writes the rows as JSON (``--json``), each as soon
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.train_loop import write_rows  # noqa: E402
 from metrics import I3DTorchScriptLike, InceptionI3d  # noqa: E402
 from metrics.evaluation import evaluate  # noqa: E402
 from metrics.standins import random_inception_weights, randomize_, save_scripted  # noqa: E402
@@ -120,9 +120,7 @@ def main() -> None:
     for spec in args.samplers:  # each row kept as soon as it is measured: a killed run keeps the finished
         rows.append(one_sampler(spec, args, weights_dir, args.workdir / "runs"))
         if args.json and rank == 0:
-            compare(rows)
-            args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=2))
-            args.json.with_suffix(".tmp").replace(args.json)
+            write_rows(args.json, compare(rows))
     if rank == 0:
         print_table(compare(rows))
     leave_torchrun()

@@ -69,6 +69,12 @@ class StepTimer(Callback):
         self.path.write_text(json.dumps(self.times))
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` as JSON at ``path``, whole or not at all (a run may be killed while it writes)."""
+    path.with_suffix(".tmp").write_text(json.dumps(rows, indent=2))
+    path.with_suffix(".tmp").replace(path)
+
+
 def busy_ms(intervals: list[tuple[float, float]]) -> float:
     """Milliseconds covered by the union of ``(start, end)`` intervals given in microseconds."""
     total, reach = 0.0, float("-inf")
@@ -252,9 +258,8 @@ def main() -> None:
     rank, rows = int(os.environ.get("RANK", 0)), []
     for mode in args.modes:
         rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment, args.profile))
-        if args.json and rank == 0:  # whole or not at all, should the run be killed while writing
-            args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=2))
-            args.json.with_suffix(".tmp").replace(args.json)
+        if args.json and rank == 0:
+            write_rows(args.json, rows)
     if rank > 0:  # under torchrun: rank 0 reports
         return
     print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")

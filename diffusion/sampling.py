@@ -144,14 +144,12 @@ class SamplerBase:
         trained in between is sampled as it is now), so a compiled copy is compiled once.
         """
         dtype = resolve_precision(self.precision, device)
-        if isinstance(model, nn.Module) and is_sharded(model):  # FSDP's weights (no copy): autocast
-            if dtype == torch.float32:  # to the dtype it gathers its weights in, when that is lower
+        if not isinstance(model, nn.Module) or is_sharded(model):  # a function, or FSDP's weights: autocast
+            if dtype == torch.float32:  # to the dtype a sharded model gathers its weights in, when lower
                 dtype = gathered_dtype(model)
             return model if dtype == torch.float32 else _autocast(model, device, dtype)
         if dtype == torch.float32 and not self.compile:
             return model
-        if not isinstance(model, nn.Module):  # a function: autocast
-            return model if dtype == torch.float32 else _autocast(model, device, dtype)
         cached = self._fast
         if cached is None or cached[0]() is not model or cached[1].dtype != dtype:
             cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)

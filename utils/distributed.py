@@ -55,8 +55,9 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
-def gathered_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype a sharded ``module``'s forward gathers its weights in (``trainer.strategy.param_dtype``)."""
+def gathered_dtype(module: object) -> torch.dtype:
+    """The dtype a sharded ``module``'s forward gathers its weights in (``trainer.strategy.param_dtype``);
+    fp32 for anything else."""
     return getattr(module, "gathered_dtype", None) or torch.float32
 
 
