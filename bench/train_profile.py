@@ -4,7 +4,10 @@ The step of ``bench/train_throughput.py`` (16 x 4 x 32 x 32 latents, batch 5, bf
 weights, fused AdamW, Latte's mse + vb loss) runs compiled under ``torch.profiler``; every GPU kernel is
 put in one class by its name (matmul, attention, compiler-fused elementwise, optimizer, copies, other) and
 the table gives each class's milliseconds per step and share. A second table times the eager and the
-compiled step with each SDPA backend forced first (``sdpa_kernel(..., set_priority=True)``).
+compiled step with each SDPA backend forced first (``sdpa_kernel(..., set_priority=True)``). In the profile,
+compiled bf16 training runs the attention across frames through SDPA's math kernel
+(``backbones.latte.across_frames_kernels``): its batched matmuls count as matmul, its softmax as fused
+elementwise.
 
     python bench/train_profile.py                       # on a GPU
     python bench/train_profile.py --size tiny --input-size 8 --frames 4 --steps 2 --backends math  # CPU smoke
@@ -25,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones import Latte  # noqa: E402
+from backbones.latte import Attention  # noqa: E402
 from diffusion import GaussianDiffusion  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,8 +147,10 @@ def main() -> None:
         order = [backends[name], *[b for b in backends.values() if b != backends[name]]]
         for compiled in (False, True) if DEVICE.type == "cuda" else (False,):
             torch._dynamo.reset()
+            Attention.time_backends = order  # across frames too (compiled, the model picks its own there)
             with sdpa_kernel(order, set_priority=True):
                 seconds = time_step(build_step(args, compiled), args.warmup, args.steps)
+            Attention.time_backends = None
             rows.append({"backend": name, "compiled": compiled, "step_ms": 1e3 * seconds})
     print("\n| SDPA backend first | compiled | step ms | samples/s |\n|---|---|---|---|")
     for r in rows:

@@ -139,15 +139,20 @@ def measure(name: str, model: torch.nn.Module, args, peak: float, compile_model:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch options of the bench step: Latte-XL/2, 16 x 32 x 32 latents, batch 5 by default."""
     parser.add_argument("--size", default="XL")
     parser.add_argument("--patch", type=int, default=2)
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batch", type=int, default=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_shape_arguments(parser)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")

@@ -1,4 +1,4 @@
-"""bench/sample_speed.py, train_profile.py and scaling.py run end to end on the CPU at a tiny size."""
+"""bench/sample_speed.py, train_profile.py, attention_backends.py and scaling.py, end to end on the CPU."""
 
 import json
 import subprocess
@@ -37,6 +37,31 @@ def test_train_profile_times_each_backend_and_writes_json(tmp_path):
     record = json.loads(out.read_text())
     assert record["step_ms"] > 0 and [r["backend"] for r in record["backends"]] == ["math"]
     assert "| SDPA backend first |" in result.stdout
+
+
+def test_attention_backends_times_both_cores_and_the_step_per_kernel_and_writes_json(tmp_path):
+    out = tmp_path / "attention_backends.json"
+    args = [
+        "--batch",
+        "2",
+        "--reps",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--no-compile",
+        "--json",
+        str(out),
+    ]
+    result = run_bench("attention_backends.py", *args, "--backends", "model", "math")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    cores = {(r["attention"], r["backend"]) for r in record["cores"]}
+    assert cores == {(a, k) for a in ("within frames", "across frames") for k in ("model", "math")}
+    assert [r["time_backend"] for r in record["steps"]] == ["model", "math"]
+    assert all(r["step_ms"] > 0 for r in record["steps"])
+    assert "| across frames | math | False |" in result.stdout
 
 
 def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row_and_profile(tmp_path):

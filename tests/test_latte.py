@@ -360,3 +360,24 @@ def test_gradients_reach_every_trainable_parameter():
             assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient reaches {name}"
         else:
             assert param.grad is None, f"frozen {name} received a gradient"
+
+
+def test_the_attention_across_frames_takes_the_math_kernel_only_in_compiled_bf16_training_of_whole_clips():
+    """Where measured faster (compiled bf16 fwd + bwd, 16 frames), the math kernel; else torch's choice."""
+    from torch.nn.attention import SDPBackend
+
+    from backbones.latte import across_frames_kernels
+
+    clip = torch.zeros(2, 4, 16, 8, dtype=torch.bfloat16)  # (b*l, h, f, e)
+    cached = torch.zeros(2, 4, 20, 8, dtype=torch.bfloat16)  # keys of 4 cached frames + the 16 new ones
+    assert across_frames_kernels(clip, clip) is None, "eager keeps torch's kernel order"
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def math_chosen(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(across_frames_kernels(q, k) == (SDPBackend.MATH,))
+
+    assert math_chosen(clip, clip), "compiled bf16 training of a 16-frame clip: the math kernel"
+    assert not math_chosen(clip.float(), clip.float()), "fp32 runs were not measured"
+    assert not math_chosen(clip, cached), "KV-cached streaming was not measured"
+    with torch.no_grad():
+        assert not math_chosen(clip, clip), "sampling (no autograd) was not measured"

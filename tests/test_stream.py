@@ -70,6 +70,7 @@ def test_the_step_compiles_to_one_graph_that_streams_what_eager_streams(monkeypa
     compile_ = torch.compile  # aot_eager: dynamo's tracing and functionalisation, without a C++ compiler
     monkeypatch.setattr(torch, "compile", lambda fn, mode: compile_(fn, backend="aot_eager", fullgraph=True))
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # global: earlier tests' compilations count there too
     module = tiny_standin(num_classes=4)
     first, noise = frames(1), frames(8, seed=1)
 
