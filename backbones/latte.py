@@ -380,11 +380,11 @@ def across_frames_kernels(q: torch.Tensor, k: torch.Tensor) -> tuple[SDPBackend,
     return (SDPBackend.MATH,) if measured and whole_short_clip else None
 
 
-def attend_within_frames(qkv: torch.Tensor) -> torch.Tensor:
+def attend_within_frames(qkv: torch.Tensor, backends: Sequence[SDPBackend] | None = None) -> torch.Tensor:
     """The l tokens of each frame attend to each other: qkv (3, b, h, t, l, e) -> (b, h, t, l, e)."""
     b = qkv.shape[1]
     q, k, v = rearrange(qkv, "three b h t l e -> three (b t) h l e")  # (b*t, h, l, e)
-    x = F.scaled_dot_product_attention(q, k, v)  # (b*t, h, l, e)
+    x = sdpa(q, k, v, None, backends)  # (b*t, h, l, e)
     return rearrange(x, "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
 
 

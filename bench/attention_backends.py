@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbones import Latte  # noqa: E402
-from backbones.latte import LATTE_SIZES, Frames, TemporalAttention, attend_within_frames, sdpa  # noqa: E402
+from backbones.latte import LATTE_SIZES, Frames, TemporalAttention, attend_within_frames  # noqa: E402
 from bench.train_throughput import DEVICE, add_shape_arguments, measure, sync  # noqa: E402
 
 BACKENDS = {  # "model": the model's own choice (across frames: backbones.latte.across_frames_kernels;
@@ -53,12 +53,7 @@ def cores(args, backends) -> dict:
         return rearrange(qkv, "b t l (three h e) -> three b h t l e", three=3, h=heads)  # (3, b, h, t, l, e)
 
     def within(qkv: torch.Tensor) -> torch.Tensor:
-        if backends is None:
-            x = attend_within_frames(split(qkv))  # (b, h, t, l, e)
-        else:  # the same rearranges as attend_within_frames, with the kernel forced
-            b = qkv.shape[0]
-            q, k, v = rearrange(split(qkv), "three b h t l e -> three (b t) h l e")  # (b*t, h, l, e)
-            x = rearrange(sdpa(q, k, v, None, backends), "(b t) h l e -> b h t l e", b=b)  # (b, h, t, l, e)
+        x = attend_within_frames(split(qkv), backends)  # (b, h, t, l, e)
         return rearrange(x, "b h t l e -> b t l (h e)")  # (b, t, l, d)
 
     def over_time(qkv: torch.Tensor) -> torch.Tensor:
