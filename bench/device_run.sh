@@ -3,11 +3,13 @@
 # Run from the repo root on the device with .whl carried (../shared/tools/device-wheels.sh data: decord too; the
 # sampler-quality section also needs torch-fidelity's wheel: pip download torch-fidelity --no-deps -d .whl).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+(  # once per machine, under a lock: two sections may start side by side, one per GPU
+  flock 9; [[ -e /tmp/site/.installed ]] || { python3 -m pip install -q --no-index --no-deps --no-compile \
+  --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; }
+) 9>/tmp/site.lock && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -142,7 +144,7 @@ rm -rf $dir
 timeout ${SQ_TRAIN_S:-150} python3 train.py experiment=latte_synthetic backbone=latte_S_2 autoencoder=identity \
   data.resolution=32 data.num_frames=16 data.batch_size=32 data.num_workers=8 module.compile=true logger=csv \
   trainer.max_steps=${SQ_STEPS:-10000} trainer.limit_val_batches=0 trainer.enable_progress_bar=false \
-  '~callbacks.video_sampler' callbacks.model_checkpoint.every_n_train_steps=1000 hydra.run.dir=$dir/run 2>&1 | tail -3
+  '~callbacks.video_sampler' callbacks.model_checkpoint.every_n_train_steps=500 hydra.run.dir=$dir/run 2>&1 | tail -3
 tail -2 $dir/run/csv/version_0/metrics.csv
 fi
 [[ ${SQ_SAMPLERS:-} == none ]] || python3 bench/sampler_quality.py $dir/run/checkpoints/last.ckpt --random-detectors --compile --batch-size 64 \
@@ -168,4 +170,16 @@ python3 bench/train_loop.py --modes compiled --steps 40 --warmup 15 --json "$OUT
 python3 bench/train_loop.py --modes compiled --steps 40 --warmup 15 --overrides module.float8=true \
   --json "$OUT"/float8_on.json 2>&1 | grep -E "^\||Error|error" | head -20
 python3 -m pytest -q -m gpu tests/test_gpu.py -k float8 -p no:cacheprovider 2>&1 | tail -5
+fi
+
+if [[ $what == *evaluate-wall* ]]; then
+gpus=${EW_GPUS:-1}
+echo "== issue #14 item 4: evaluate() of 2048 videos of 16 x 256² on $gpus GPU(s): random-weight Latte-XL/2, SD VAE"
+echo "== (bf16) and detectors, ${EW_SAMPLERS:-dpm_solver:20}, compiled; the real reference is cached before the clock"
+start=$(date +%s)   # 1- and 2-GPU commands of one visit share the workdir: the random files and reference once
+torchrun --nproc-per-node=$gpus bench/sampler_quality.py --random-model XL/2 --random-detectors --compile \
+  --batch-size 32 --samplers ${EW_SAMPLERS:-dpm_solver:20} --workdir /tmp/evaluate_wall \
+  --json "$OUT"/evaluate_wall_${gpus}gpu.json --overrides autoencoder.torch_dtype=bfloat16 2>&1 \
+  | grep -E "^\||^device|Error"
+echo "process wall s (with the random files and the reference when first made): $(( $(date +%s) - start ))"
 fi

@@ -16,6 +16,14 @@ with papers.
     python bench/sampler_quality.py CKPT --random-detectors --samplers ddpm:250 ddim:2 --num-videos 4 \
         --overrides metrics=fvd data.resolution=16 real.num_videos=8   # CPU smoke run (16-frame CKPT)
 
+Item 4 (``evaluate.py``'s wall time at the paper's protocol) needs the paper's workload, not its weights:
+``--random-model XL/2`` evaluates a randomly initialised official-layout Latte-XL/2 file through a randomly
+initialised SD VAE of the real kl-f8 architecture (both written into ``--workdir``), at the data preset's
+resolution, so the times are those of the real networks and the metric values mean nothing:
+
+    python bench/sampler_quality.py --random-model XL/2 --random-detectors --compile \
+        --samplers dpm_solver:20 --overrides autoencoder.torch_dtype=bfloat16   # 2048 videos of 16 x 256²
+
 Prints one table (rank 0) and writes the rows as JSON (``--json``), each as soon as it is measured.
 """
 
@@ -32,6 +40,7 @@ from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backbones import Latte  # noqa: E402
 from bench.train_loop import write_rows  # noqa: E402
 from metrics import I3DTorchScriptLike, InceptionI3d  # noqa: E402
 from metrics.evaluation import evaluate  # noqa: E402
@@ -48,6 +57,27 @@ def random_detectors(folder: Path) -> Path:
     save_scripted(I3DTorchScriptLike(randomize_(InceptionI3d(), seed=0)), folder / "i3d_torchscript.pt")
     random_inception_weights(folder / "weights-inception-2015-12-05-6726825d.pth")
     return folder
+
+
+def write_random_model(folder: Path, model: str, input_size: int) -> None:
+    """A random official-layout Latte file (``model`` as "XL/2") and a random SD VAE (kl-f8) in ``folder``."""
+    from diffusers import AutoencoderKL
+
+    size, patch = model.split("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    latte = Latte(size=size, patch_size=int(patch), input_size=input_size, learn_sigma=True)
+    torch.save({"ema": latte.state_dict()}, folder / "latte_random.pt")  # the official files' layout
+    vae = AutoencoderKL(  # Stable Diffusion's kl-f8 (sd-vae-ft-ema's config.json), random weights
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
+    vae.save_pretrained(folder / "sd_vae_random")
 
 
 def config(spec: str, args: argparse.Namespace, weights_dir: Path | None, out: Path) -> DictConfig:
@@ -72,6 +102,7 @@ def one_sampler(spec: str, args: argparse.Namespace, weights_dir: Path | None, o
     record = evaluate(config(spec, args, weights_dir, out))
     return {
         "sampler": spec,
+        "model": f"random-weight Latte-{args.random_model}" if args.random_model else str(args.ckpt),
         "tag": record["source"]["sampler"],
         "values": record["values"],
         "seconds": record["seconds"],
@@ -90,7 +121,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "ckpt", help="a train.py checkpoint (file or sharded folder) or an official Latte file"
+        "ckpt", nargs="?", help="a train.py checkpoint (file or sharded folder) or an official Latte file"
+    )
+    parser.add_argument(
+        "--random-model", help='instead of ckpt: a random Latte of this size/patch ("XL/2") and SD VAE'
     )
     parser.add_argument("--samplers", nargs="+", default=SAMPLERS, help="sampler group:steps, in order")
     parser.add_argument("--num-videos", type=int, default=2048)
@@ -108,12 +142,22 @@ def main() -> None:
         help="shared by ranks",
     )
     args = parser.parse_args()
+    if (args.ckpt is None) == (args.random_model is None):
+        parser.error("give exactly one of a checkpoint or --random-model")
     register_resolvers()
     join_torchrun("auto")  # under torchrun: one process group, so rank 0 writes the shared files first
     rank = rank_and_world_size()[0]
     weights_dir = args.workdir / "weights" if args.random_detectors else None
     if weights_dir and rank == 0:
         random_detectors(weights_dir)
+    if args.random_model:  # read through evaluate.py's official-file route, as a released checkpoint is
+        args.ckpt = args.workdir / "latte_random.pt"
+        vae = ["autoencoder=sd_vae", f"autoencoder.path={args.workdir / 'sd_vae_random'}"]
+        args.overrides = [*vae, *args.overrides]
+        input_size = config("ddpm:1", args, weights_dir, args.workdir).data.resolution // 8  # kl-f8 latents
+        args.overrides += [f"official.model=Latte-{args.random_model}", f"official.input_size={input_size}"]
+        if rank == 0:
+            write_random_model(args.workdir, args.random_model, input_size)
     barrier()
     prepare_reference(config(args.samplers[0], args, weights_dir, args.workdir / "runs"))
     rows = []
@@ -143,7 +187,7 @@ def print_table(rows: list[dict]) -> None:
     first = rows[0]
     print(
         f"device: {first['device']} x {first['processes']}, torch {first['torch']}, {first['date']}; "
-        f"{first['num_generated']} videos, {first['detectors']} detectors"
+        f"{first['model']}; {first['num_generated']} videos, {first['detectors']} detectors"
     )
     print(
         f"| sampler | {' | '.join(metrics)} | FVD / DDPM-250's | within 5% | evaluate() s, end to end | "

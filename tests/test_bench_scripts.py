@@ -130,6 +130,28 @@ def test_sampler_quality_evaluates_each_sampler_against_ddpm250_with_random_dete
     assert len(list((tmp_path / "work" / "weights" / "real_stats").glob("*.pt"))) == 1, "one cached reference"
 
 
+def test_sampler_quality_random_model_evaluates_a_random_official_latte_through_a_random_sd_vae(tmp_path):
+    """--random-model (issue #14 item 4's workload without its weights): a random official-layout Latte file
+    and a random SD VAE of the kl-f8 architecture, written into the workdir, read through evaluate.py."""
+    from backbones import load_official_latte
+
+    out, work = tmp_path / "rows.json", tmp_path / "work"
+    command = [sys.executable, str(ROOT / "bench" / "sampler_quality.py"), "--random-model", "S/4"]
+    command += ["--random-detectors", "--samplers", "dpm_solver:2", "--num-videos", "2"]
+    command += ["--batch-size", "2", "--json", str(out), "--workdir", str(work), "--overrides", "metrics=fvd"]
+    command += ["data.resolution=32", "data.num_workers=0", "real.num_videos=4", "real.batch_size=4"]
+    command += ["autoencoder.torch_dtype=bfloat16"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert (row["model"], row["tag"], row["num_generated"]) == ("random-weight Latte-S/4", "dpmpp2m2", 2)
+    assert "random-weight Latte-S/4" in result.stdout, "the table says the model is random"
+    vae = json.loads((work / "sd_vae_random" / "config.json").read_text())
+    assert (vae["block_out_channels"], vae["scaling_factor"]) == ([128, 256, 512, 512], 0.18215), "SD's kl-f8"
+    latte = load_official_latte(work / "latte_random.pt", model="Latte-S/4", input_size=4)  # 32 px / 8
+    assert (latte.size, latte.patch_size, latte.input_size) == ("S", 4, 4)
+
+
 def test_gpu_time_counts_kernels_once_and_leaves_out_the_ranges_drawn_on_the_gpu_row():
     """An optimizer range and an nccl:* range on the GPU row (named as their CPU events) are not kernels; a
     NCCL kernel beside a GEMM is not exposed, one after it is."""
