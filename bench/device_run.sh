@@ -3,13 +3,14 @@
 # Run from the repo root on the device with .whl carried (../shared/tools/device-wheels.sh data: decord too; the
 # sampler-quality section also needs torch-fidelity's wheel: pip download torch-fidelity --no-deps -d .whl).
 set -uo pipefail
-(  # once per machine, under a lock: two sections may start side by side, one per GPU
-  flock 9; [[ -e /tmp/site/.installed ]] || { python3 -m pip install -q --no-index --no-deps --no-compile \
-  --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; }
+wheels=/tmp/site/.installed-$(ls .whl | sha256sum | cut -c1-16)   # once per machine and set of wheels, under
+(  # a lock: two sections may start side by side, one per GPU
+  flock 9; [[ -e $wheels ]] || { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  --upgrade --target /tmp/site .whl/*.whl && touch "$wheels"; }
 ) 9>/tmp/site.lock && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -176,10 +177,21 @@ if [[ $what == *evaluate-wall* ]]; then
 gpus=${EW_GPUS:-1}
 echo "== issue #14 item 4: evaluate() of 2048 videos of 16 x 256² on $gpus GPU(s): random-weight Latte-XL/2, SD VAE"
 echo "== (bf16) and detectors, ${EW_SAMPLERS:-dpm_solver:20}, compiled; the real reference is cached before the clock"
-start=$(date +%s)   # 1- and 2-GPU commands of one visit share the workdir: the random files and reference once
+start=$(date +%s)   # 1- and 2-GPU commands of one visit share the workdir: the real reference is made once
 torchrun --nproc-per-node=$gpus bench/sampler_quality.py --random-model XL/2 --random-detectors --compile \
   --batch-size 32 --samplers ${EW_SAMPLERS:-dpm_solver:20} --workdir /tmp/evaluate_wall \
   --json "$OUT"/evaluate_wall_${gpus}gpu.json --overrides autoencoder.torch_dtype=bfloat16 2>&1 \
   | grep -E "^\||^device|Error"
 echo "process wall s (with the random files and the reference when first made): $(( $(date +%s) - start ))"
+fi
+
+if [[ $what == *loss-curve* ]]; then
+mode=${LC_MODE:-eager}   # two warm commands: LC_MODE=eager (today's numerics, ~9 min), then LC_MODE=compiled
+echo "== issue #14 item 1: 2,000 steps of the train.py loop, Latte-XL/2 at the paper's shape, $mode; the compiled"
+echo "== run's loss curve against the eager run's (largest gap of 100-step means; the target is 0.5%)"
+ref=/tmp/loss_curve_eager.json
+[[ $mode == eager ]] || reference="--reference $ref"
+python3 bench/train_loop.py --steps 2000 --warmup 20 --modes $mode ${reference:-} --json /tmp/loss_curve_$mode.json \
+  2>&1 | grep -E "^\||^device|Error"
+cp /tmp/loss_curve_*.json "$OUT"/
 fi

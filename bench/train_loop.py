@@ -12,12 +12,21 @@ backbone in one ``torch.compile`` instead, for comparison.
     python bench/train_loop.py --steps 3 --warmup 1 --modes eager --overrides backbone=latte_tiny \
         trainer=cpu data.batch_size=2 data.num_frames=4 data.num_workers=0   # CPU smoke run
     torchrun --nproc-per-node=4 bench/train_loop.py --overrides trainer=ddp trainer.devices=4  # 4 GPUs
+
+Every row also says how far its loss curve strays from a reference run's (issue #14 item 1's check that a
+faster step keeps the loss curve): the largest relative gap between the two runs' mean losses over
+consecutive ``--curve-window``-step windows. The reference is this invocation's first row, or the first row
+of ``--reference ROWS.json`` from an earlier one (one GPU command may not fit both runs):
+
+    python bench/train_loop.py --steps 2000 --modes eager --json eager.json                # today's numerics
+    python bench/train_loop.py --steps 2000 --modes compiled --reference eager.json         # within 0.5%?
 """
 
 import argparse
 import datetime
 import faulthandler
 import json
+import math
 import os
 import statistics
 import sys
@@ -50,10 +59,10 @@ PAPER_SHAPE = [  # after experiment=latte_synthetic: Latte-XL/2, AdamW 1e-4, EMA
 
 
 class StepTimer(Callback):
-    """Wall time of every training batch (device synchronised), written to ``path`` at the end."""
+    """Wall time and loss of every training batch (device synchronised), written to ``path`` at the end."""
 
     def __init__(self, path: str):
-        self.path, self.times = Path(path), []
+        self.path, self.times, self.losses = Path(path), [], []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if torch.cuda.is_available():
@@ -64,9 +73,26 @@ class StepTimer(Callback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._start)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # {}: manual optimization
+        # (with gradient accumulation Lightning hands over the loss divided by accumulate_grad_batches)
+        self.losses.append(float(loss) if loss is not None else float("nan"))
 
     def on_train_end(self, trainer, module) -> None:
-        self.path.write_text(json.dumps(self.times))
+        self.path.write_text(json.dumps({"times": self.times, "losses": self.losses}))
+
+
+def curve_deviation(reference: list[float], losses: list[float], window: int) -> float | None:
+    """Largest relative gap between two loss curves' means over consecutive ``window``-step windows (None:
+    shorter than one window, as a throughput run is; NaN where a window has no finite loss)."""
+    means = [
+        (
+            statistics.fmean(reference[start : start + window]),
+            statistics.fmean(losses[start : start + window]),
+        )
+        for start in range(0, min(len(reference), len(losses)) - window + 1, window)
+    ]
+    gaps = [abs(other / ref - 1) for ref, other in means]
+    return None if not gaps else float("nan") if any(map(math.isnan, gaps)) else max(gaps)
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -208,7 +234,8 @@ def run(
         start = time.perf_counter()
         metrics = train(cfg)
         wall = time.perf_counter() - start
-        times = json.loads(Path(tmp, "step_times.json").read_text())
+        recorded = json.loads(Path(tmp, "step_times.json").read_text())
+    times = recorded["times"]
     step = statistics.median(times[warmup + (StepProfiler.STEPS if profile else 0) :])  # not the profiled
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     strategy = cfg.trainer.strategy
@@ -228,6 +255,7 @@ def run(
         "wall_s": wall,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
         "final_loss": metrics.get("train/loss", metrics.get("train/loss_g", float("nan"))),
+        "losses": recorded["losses"],  # every step's, for the loss-curve check
     }
 
 
@@ -247,6 +275,12 @@ def main() -> None:
         "--profile", type=Path, help="a GPU profile of 3 steps after warm-up: <path>.<mode>.json"
     )
     parser.add_argument("--dump-stacks-after", type=float, help="seconds: then print every thread's stack")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        help="rows JSON of an earlier run: its first row's loss curve is the reference",
+    )
+    parser.add_argument("--curve-window", type=int, default=100, help="steps per window of the curve check")
     args = parser.parse_args()
     profiled = StepProfiler.STEPS if args.profile else 0
     assert args.steps > args.warmup + profiled, (
@@ -262,17 +296,24 @@ def main() -> None:
             write_rows(args.json, rows)
     if rank > 0:  # under torchrun: rank 0 reports
         return
+    reference = json.loads(args.reference.read_text())[0] if args.reference else rows[0]
+    for r in rows:  # the loss-curve check: each run's windowed mean loss against the reference run's
+        r["curve_deviation"] = curve_deviation(reference["losses"], r["losses"], args.curve_window)
+    if args.json:
+        write_rows(args.json, rows)
     print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")
     header = (
         "mode | strategy | GPUs | batch per GPU | median step (ms) | samples/s | first step (s) | wall (s)"
     )
-    print(f"| {header} | peak GiB | loss |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    curve = f"loss curve vs {reference['mode']}: largest gap of {args.curve_window}-step means"
+    print(f"| {header} | peak GiB | loss | {curve} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        gap = "-" if r["curve_deviation"] is None else f"{100 * r['curve_deviation']:.2f}%"
         print(
             f"| {r['mode']} | {r['strategy']} | {r['gpus']} | {r['batch']} | {r['median_step_ms']:.1f} | "
             f"{r['samples_per_s']:.1f} | {r['first_step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gib']:.1f} | "
-            f"{r['final_loss']:.4f} |"
+            f"{r['final_loss']:.4f} | {gap} |"
         )
 
 

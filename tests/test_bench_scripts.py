@@ -1,6 +1,7 @@
 """bench/sample_speed.py, train_profile.py, attention_backends.py and scaling.py, end to end on the CPU."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -94,6 +95,45 @@ def test_scaling_runs_the_train_loop_under_torchrun_and_writes_each_row_and_prof
     profile = json.loads((tmp_path / "profiles" / "gpu_1gpu.eager.json").read_text())
     assert profile["wall_ms"] > 0 and profile["gpu_busy_ms"] == 0, "no GPU kernels on the CPU"
     assert any("aten::" in op for op in profile["top_cpu_ops_ms"])
+
+
+def test_train_loop_records_every_steps_loss_and_checks_the_curve_against_a_reference_run(tmp_path):
+    """bench/train_loop.py's loss-curve check (issue #14 item 1) on the CPU: the recorded losses are the
+    steps' finite losses; --reference compares with an earlier run's curve (here that run's, raised 10%)."""
+    tiny = ["backbone=latte_tiny", "trainer=cpu", "data.batch_size=2", "data.num_frames=4"]
+    tiny += ["data.num_workers=0"]
+    command = [sys.executable, str(ROOT / "bench" / "train_loop.py"), "--steps", "6", "--warmup", "1"]
+    command += ["--modes", "eager", "--curve-window", "3", "--json", str(tmp_path / "run.json")]
+    result = subprocess.run([*command, "--overrides", *tiny], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "run.json").read_text())
+    assert len(row["losses"]) == 6 and all(0 < loss < 10 for loss in row["losses"])
+    assert row["losses"][-1] == pytest.approx(row["final_loss"], rel=1e-6), (
+        "the last step's is the logged loss"
+    )
+    assert row["curve_deviation"] == 0.0, "without --reference a run is its own reference"
+    assert (
+        "loss curve vs eager: largest gap of 3-step means" in result.stdout and "| 0.00% |" in result.stdout
+    )
+    raised = {**row, "losses": [1.1 * loss for loss in row["losses"]]}
+    (tmp_path / "raised.json").write_text(json.dumps([raised]))
+    again = [*command, "--reference", str(tmp_path / "raised.json"), "--overrides", *tiny]
+    result = subprocess.run(again, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "run.json").read_text())
+    assert row["curve_deviation"] == pytest.approx(1 - 1 / 1.1, rel=1e-4), (
+        "the same curve, 10% under the raised"
+    )
+    assert "| 9.09% |" in result.stdout
+
+
+def test_curve_deviation_is_the_largest_gap_between_window_means():
+    """Two windows of 2 steps: means 1 vs 1 and 2 vs 2.1 -> 5%; a curve shorter than a window has none."""
+    from bench.train_loop import curve_deviation
+
+    assert curve_deviation([1, 1, 2, 2, 9], [1, 1, 2, 2.2, 0], 2) == pytest.approx(0.05)
+    assert curve_deviation([1.0] * 3, [1.0] * 3, 5) is None
+    assert math.isnan(curve_deviation([2.0, float("nan")], [1.0, 1.0], 1)), "a NaN window is not skipped"
 
 
 def test_busy_time_is_the_union_of_the_kernels_intervals():
