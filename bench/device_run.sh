@@ -10,7 +10,7 @@ wheels=/tmp/site/.installed-$(ls .whl | sha256sum | cut -c1-16)   # once per mac
 ) 9>/tmp/site.lock && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve compile-modes
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -194,4 +194,13 @@ ref=/tmp/loss_curve_eager.json
 python3 bench/train_loop.py --steps 2000 --warmup 20 --modes $mode ${reference:-} --json /tmp/loss_curve_$mode.json \
   2>&1 | grep -E "^\||^device|Error"
 cp /tmp/loss_curve_*.json "$OUT"/
+fi
+
+if [[ $what == *compile-modes* ]]; then
+echo "== issue #14 item 1: the compiled train.py loop (Latte-XL/2, paper's shape), torch.compile's default mode"
+echo "== against module.compile_mode=max-autotune-no-cudagraphs (Triton GEMM templates, fused epilogues)"
+python3 bench/train_loop.py --modes compiled --steps 60 --warmup 15 --json "$OUT"/compile_default.json 2>&1 \
+  | grep -E "^\||^device|Error"
+python3 bench/train_loop.py --modes compiled --steps 60 --warmup 15 --json "$OUT"/compile_autotune.json \
+  --overrides module.compile_mode=max-autotune-no-cudagraphs 2>&1 | grep -E "^\||^device|Error"
 fi

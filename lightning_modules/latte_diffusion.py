@@ -18,6 +18,11 @@ from diffusion import Objective, SamplerBase
 from lightning_modules.base import VideoModule, with_scheduler
 from utils.float8 import convert_to_float8
 
+# torch.compile's modes for the blocks (CUDA-graph modes do not suit per-block training):
+# max-autotune-no-cudagraphs times Triton GEMM templates, whose epilogues can absorb the elementwise work
+# around the matmuls (minutes of autotuning at the first step; its speed on Latte is not measured yet)
+COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
+
 
 class LatteDiffusion(VideoModule):
     """Latent video diffusion with an EMA copy of the backbone that is checkpointed and used for sampling."""
@@ -35,12 +40,17 @@ class LatteDiffusion(VideoModule):
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         ema_decay: float = 0.9999,
         compile: bool = False,
+        compile_mode: str | None = None,
         float8: bool = False,
         start_clip_iter: int = 0,
     ):
         super().__init__(ema_decay=ema_decay)
         if not isinstance(start_clip_iter, int) or start_clip_iter < 0:
             raise ValueError(f"module.start_clip_iter must be an int >= 0, got {start_clip_iter!r}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"module.compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        if compile_mode is not None and not compile:
+            raise ValueError(f"module.compile_mode={compile_mode} needs module.compile=true")
         if backbone.learn_sigma != diffusion.learn_sigma:
             raise ValueError(
                 f"backbone.learn_sigma={backbone.learn_sigma} but diffusion.learn_sigma="
@@ -62,6 +72,7 @@ class LatteDiffusion(VideoModule):
         self.lr_scheduler = lr_scheduler
         self.start_clip_iter = start_clip_iter  # the Trainer's gradient clipping applies from this step on
         self.compile_backbone = compile  # torch.compile each block's training forward (1.48x on Latte-XL/2)
+        self.compile_mode = compile_mode  # torch.compile's mode for the blocks (None: its default)
         self.float8 = float8  # float8 matmuls in the blocks' qkv/fc1/fc2 (utils.float8; the EMA stays as is)
 
     #############################################################################
@@ -82,7 +93,7 @@ class LatteDiffusion(VideoModule):
         if self.compile_backbone:
             for block in self.backbone.blocks:
                 if block._compiled_call_impl is None:
-                    block.compile()
+                    block.compile(mode=self.compile_mode)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone prediction for noisy latents ``x`` (b f c h w) at timesteps ``t`` (b,)."""

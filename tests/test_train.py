@@ -162,6 +162,29 @@ def test_compiled_backbone_gives_the_eager_loss_and_keeps_its_state_dict_keys(tm
     assert list(module.state_dict()) == keys, "compiling must not rename checkpoint keys (_orig_mod.)"
 
 
+def test_compile_mode_reaches_every_blocks_torch_compile_and_bad_modes_fail_by_name(
+    tmp_path, tiny_overrides, monkeypatch
+):
+    """module.compile_mode is torch.compile's mode for each block; an unknown mode, or one without
+    module.compile=true, fails at construction naming the key."""
+    from hydra.utils import instantiate
+
+    modes = []
+
+    def recording_compile(fn, *args, mode=None, **kwargs):
+        modes.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tuned = ["module.compile=true", "module.compile_mode=max-autotune-no-cudagraphs"]
+    module = instantiate(compose_train(tmp_path, [*tiny_overrides, *tuned]).module)
+    module.configure_model()
+    assert modes == ["max-autotune-no-cudagraphs"] * len(module.backbone.blocks)
+    for bad in (["module.compile=true", "module.compile_mode=fastest"], ["module.compile_mode=default"]):
+        with pytest.raises(Exception, match="module.compile_mode"):
+            instantiate(compose_train(tmp_path, [*tiny_overrides, *bad]).module)
+
+
 def test_gradient_clipping_starts_at_start_clip_iter(tmp_path, tiny_overrides):
     from tests.helpers.probes import GradNormProbe
 
