@@ -106,6 +106,9 @@ def one_sampler(spec: str, args: argparse.Namespace, weights_dir: Path | None, o
         "tag": record["source"]["sampler"],
         "values": record["values"],
         "seconds": record["seconds"],
+        "phase_seconds": record[
+            "phase_seconds"
+        ],  # setup (reference, checkpoint), generate, features, statistics
         "seconds_per_video": record["seconds"] / record["num_generated"],
         "num_generated": record["num_generated"],
         "processes": record["processes"],
@@ -191,16 +194,16 @@ def print_table(rows: list[dict]) -> None:
     )
     print(
         f"| sampler | {' | '.join(metrics)} | FVD / DDPM-250's | within 5% | evaluate() s, end to end | "
-        "s per video |"
+        "s per video | setup / generate / features / statistics s |"
     )
-    print("|---|" + "---|" * (len(metrics) + 4))
+    print("|---|" + "---|" * (len(metrics) + 5))
     for r in rows:
         ratio = f"{r['fvd_vs_ddpm250']:.3f}" if r["fvd_vs_ddpm250"] is not None else "-"
         within = {None: "-", True: "yes", False: "no"}[r["within_5pct"]]
         values = " | ".join(f"{r['values'][k]:.3f}" if k in r["values"] else "-" for k in metrics)
         print(
             f"| {r['tag']} | {values} | {ratio} | {within} | {r['seconds']:.1f} | "
-            f"{r['seconds_per_video']:.3f} |"
+            f"{r['seconds_per_video']:.3f} | {' / '.join(f'{v:.1f}' for v in r['phase_seconds'].values())} |"
         )
 
 

@@ -36,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict:
     device = join_torchrun(cfg.device)
     rank, world_size = rank_and_world_size()
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    start = time.perf_counter()
+    start, phases = time.perf_counter(), {}  # phases: where this rank's seconds went
     suite: MetricSuite = instantiate(cfg.metrics).to(device)
     real = instantiate(cfg.real)
     references = suite.prepare_reference(real, progress=cfg.progress)
@@ -47,6 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
         streamer = load_streamer(cfg.ckpt_path, cfg)
         streamer.generator.to(device).eval()
         streamer.autoencoder.to(device)
+        ready = time.perf_counter()
         sample = stream_sampler(
             streamer.generator,
             streamer.objective,
@@ -57,7 +58,13 @@ def evaluate(cfg: DictConfig) -> dict:
             suite.tail,
         )
         update_with_samples(
-            suite, sample, cfg.num_videos, cfg.batch_size, seed=cfg.seed, progress=cfg.progress
+            suite,
+            sample,
+            cfg.num_videos,
+            cfg.batch_size,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            seconds=phases,
         )
         source = {"ckpt_path": str(cfg.ckpt_path), "sampler": f"stream{cfg.stream_frames}", "seed": cfg.seed}
         num_generated = cfg.num_videos
@@ -65,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict:
         from utils.run import load_module  # the training stack is only needed for checkpoints
 
         module = load_module(cfg.ckpt_path, cfg).to(device).eval()
+        ready = time.perf_counter()
         source = {"ckpt_path": str(cfg.ckpt_path), "sampler": module.sampler.name, "seed": cfg.seed}
         update_with_samples(  # this rank's share of the num_videos
             suite,
@@ -73,6 +81,7 @@ def evaluate(cfg: DictConfig) -> dict:
             cfg.batch_size,
             seed=cfg.seed,
             progress=cfg.progress,
+            seconds=phases,
         )
         num_generated = cfg.num_videos
     else:
@@ -86,16 +95,20 @@ def evaluate(cfg: DictConfig) -> dict:
         )
         if len(folder) < cfg.num_videos:
             log.warning(f"{cfg.videos_dir} has {len(folder)} videos, fewer than num_videos={cfg.num_videos}")
+        ready = time.perf_counter()
         mine = batch_range(-(-len(folder) // cfg.batch_size), rank, world_size)  # this rank's batches
         share = Subset(
             folder, range(mine.start * cfg.batch_size, min(mine.stop * cfg.batch_size, len(folder)))
         )
         for batch in DataLoader(share, batch_size=cfg.batch_size, num_workers=cfg.num_workers):
             suite.update(batch["video"])
+        phases["features"] = time.perf_counter() - ready  # reading the videos included
         source = {"videos_dir": str(Path(cfg.videos_dir).expanduser()), "stride": cfg.videos_stride}
         num_generated = len(folder)
 
+    counted = time.perf_counter()
     values = suite.compute()
+    phases = {"setup": ready - start, **phases, "statistics": time.perf_counter() - counted}
     record = {
         "values": values,
         "num_generated": num_generated,
@@ -107,6 +120,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "detectors": suite.describe(),
         "references": references,
         "seconds": round(time.perf_counter() - start, 1),
+        "phase_seconds": {name: round(value, 3) for name, value in phases.items()},  # rank 0's
         "processes": world_size,
     }
     if rank != 0:
@@ -140,4 +154,6 @@ def markdown_table(record: dict) -> str:
         lines.append(
             f"| {key} | {value:.4f} | {detector.get('file', '')} | {detector.get('sha256', '')[:16]} |"
         )
+    phases = ", ".join(f"{name} {value:.1f}" for name, value in record["phase_seconds"].items())
+    lines += ["", f"{record['seconds']:.1f} s on {record['processes']} process(es): {phases} (rank 0's)"]
     return "\n".join(lines) + "\n"

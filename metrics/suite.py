@@ -8,6 +8,7 @@ first `num_frames` frames, the protocol's 16), `compute()` syncs across DDP rank
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -205,13 +206,16 @@ def update_with_samples(
     seed: int = 0,
     progress: bool = True,
     lockstep: bool = False,
+    seconds: dict[str, float] | None = None,
 ) -> int:
     """Generate `num_videos` videos in global batches (this rank: a contiguous run) and feed them to `suite`.
 
     sample(n, generator) -> `n f c h w` videos in [-1, 1]; batch j's generator (on the suite's device) is
     seeded from (seed, j), so a run's videos depend on seed and batch_size, not on the number of ranks.
     ``lockstep``: every rank calls `sample` equally often (a rank with one batch fewer samples one more and
-    drops it), as a sharded model's forward needs every rank. Returns how many videos this rank generated.
+    drops it), as a sharded model's forward needs every rank. ``seconds``: filled with this rank's time in
+    ``generate`` and ``features`` (each batch's device work waited for). Returns how many videos this rank
+    generated.
     """
     rank, world_size = rank_and_world_size()
     num_batches = -(-num_videos // batch_size)
@@ -219,14 +223,28 @@ def update_with_samples(
     share = min(mine.stop * batch_size, num_videos) - mine.start * batch_size
     calls = -(-num_batches // world_size) if lockstep else len(mine)  # the most batches any rank has
     bar = tqdm(total=num_videos, desc="generating videos", disable=not progress or rank != 0)
+    timings = {"generate": 0.0, "features": 0.0}
     for j in range(mine.start, mine.start + calls):
         n = min(batch_size, num_videos - j * batch_size) if j in mine else batch_size
         generator = torch.Generator(suite.device).manual_seed(stable_seed("generate", seed, j))
+        start = clock(suite.device)
         videos = sample(n, generator)  # (n, f, c, h, w)
         assert videos.shape[0] == n, f"sample({n}) returned {videos.shape[0]} videos"
+        generated = clock(suite.device)
+        timings["generate"] += generated - start
         if j not in mine:
             continue  # lockstep's extra call
         suite.update(videos)
+        timings["features"] += clock(suite.device) - generated
         bar.update(n * world_size)
     bar.close()
+    if seconds is not None:
+        seconds.update(timings)
     return share
+
+
+def clock(device: torch.device) -> float:
+    """Seconds on a host clock once ``device`` has done the work queued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

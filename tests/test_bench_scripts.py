@@ -186,6 +186,8 @@ def test_sampler_quality_random_model_evaluates_a_random_official_latte_through_
     (row,) = json.loads(out.read_text())
     assert (row["model"], row["tag"], row["num_generated"]) == ("random-weight Latte-S/4", "dpmpp2m2", 2)
     assert "random-weight Latte-S/4" in result.stdout, "the table says the model is random"
+    assert list(row["phase_seconds"]) == ["setup", "generate", "features", "statistics"]
+    assert row["phase_seconds"]["generate"] > 0, "the random VAE's decode and the sampler take time"
     vae = json.loads((work / "sd_vae_random" / "config.json").read_text())
     assert (vae["block_out_channels"], vae["scaling_factor"]) == ([128, 256, 512, 512], 0.18215), "SD's kl-f8"
     latte = load_official_latte(work / "latte_random.pt", model="Latte-S/4", input_size=4)  # 32 px / 8

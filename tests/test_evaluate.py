@@ -80,6 +80,8 @@ def test_evaluate_a_folder_of_frame_folders_matches_the_suite_and_writes_json_an
     table = (out / "metrics.md").read_text()
     for row in ("| fvd |", "| is |", "| is_std |", "i3d_torchscript.pt", "c3d_ucf101.pt"):
         assert row in table
+    assert list(record["phase_seconds"]) == ["setup", "features", "statistics"], "no generation: a folder"
+    assert f"{record['seconds']:.1f} s on 1 process(es): setup" in table
     assert "| fvd |" in capsys.readouterr().out
     assert record["references"]["fvd"].startswith(str(weights_dir / "real_stats"))
 
@@ -175,6 +177,10 @@ def test_evaluate_a_checkpoint_samples_it_with_the_configured_sampler(tmp_path, 
     assert record["source"]["sampler"] == "ddim2-eta0.0" and record["source"]["ckpt_path"] == str(ckpt)
     assert record["num_generated"] == 6
     assert record["values"]["fvd"] > 0 and record["values"]["is"] >= 1
+    phases = record["phase_seconds"]
+    assert list(phases) == ["setup", "generate", "features", "statistics"], "where evaluate()'s time went"
+    assert phases["generate"] > 0 and phases["features"] > 0
+    assert sum(phases.values()) <= record["seconds"] + 0.5, "the phases are parts of the whole (rounded)"
 
 
 def test_evaluate_py_runs_from_the_command_line(tmp_path, weights_dir):
