@@ -2,13 +2,16 @@
 
 One sampler model call (the forward that every sampling step makes) is timed per configuration: fp32 (what
 sample.py did before `sampler.precision`), bf16 autocast, the weights cast once to bf16 / fp16 (the
-`sampler.precision` path), and the cast model compiled (`sampler.compile=true`). Seconds per video for a
-sampler follow as steps x forward time / batch; one DPM-Solver++ run end to end checks the extrapolation.
+`sampler.precision` path), and the cast model compiled (`sampler.compile=true`); `sampler.precision=float8`
+(bf16 weights, the blocks' qkv/fc1/fc2 in rowwise float8) too, which is not the paper's numerics: each row's
+error column is its forward's distance from fp32's (relative L2, same inputs). Seconds per video for a
+sampler follow as steps x forward time / batch; one DDIM-20 run end to end checks the extrapolation.
 For reference, the official Latte sampler in fp16 measured 113 ms per forward at batch 8 on an H100 (3.6 s
 per 250-step DDPM video, measured for issue #14).
 
     python bench/sample_speed.py                        # on a GPU; prints one table, writes JSON
     python bench/sample_speed.py --size tiny --input-size 8 --frames 4 --batches 2 --no-compile  # CPU smoke
+    python bench/sample_speed.py --batches 32 --configs "bf16 cast + compile" "float8 + compile"  # some rows
 """
 
 import argparse
@@ -56,8 +59,10 @@ def configurations(compile_too: bool) -> list[tuple[str, str, bool, bool]]:
         ("bf16 cast once", "bf16", False, False),
         ("fp16 cast once", "fp16", False, False),
     ]
+    rows += [("float8", "float8", False, False)]
     if compile_too:
         rows += [("bf16 cast + compile", "bf16", True, False), ("fp16 cast + compile", "fp16", True, False)]
+        rows += [("float8 + compile", "float8", True, False)]
     return rows
 
 
@@ -72,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batches", default="8,32")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--configs", nargs="+", help="only these rows (names as in the table); default: all")
     parser.add_argument("--json", default=os.environ.get("OUT", ".") + "/sample_speed.json")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -88,7 +94,11 @@ def main() -> None:
     for batch in [int(b) for b in args.batches.split(",")]:
         x = torch.randn(batch, args.frames, 4, args.input_size, args.input_size, device=DEVICE)
         t = torch.full((batch,), 500, device=DEVICE)
+        with torch.no_grad():
+            exact = model(x, t)  # fp32: what each row's error is measured against
         for name, precision, compile_model, autocast in configurations(not args.no_compile):
+            if args.configs and name not in args.configs:
+                continue
             sampler = Sampler("ddim", 20, precision=precision, compile=compile_model)
             fast = sampler.inference_model(model, DEVICE)
 
@@ -104,6 +114,7 @@ def main() -> None:
             if DEVICE.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             forward_s = time_calls(call, args.reps)
+            error = ((call().float() - exact).norm() / exact.norm()).item()
             row = {
                 "config": name,
                 "batch": batch,
@@ -115,8 +126,11 @@ def main() -> None:
                 if DEVICE.type == "cuda"
                 else float("nan"),
                 "warmup_s": warmup_s,
+                "relative_error_vs_fp32": error,
             }
-            if name.startswith("bf16 cast") and batch == max(int(b) for b in args.batches.split(",")):
+            if name.startswith(("bf16 cast", "float8")) and batch == max(
+                int(b) for b in args.batches.split(",")
+            ):
                 shape = tuple(x.shape)  # the whole DDIM-20 loop, re-casting the weights as each call does
                 run = lambda sampler=sampler, shape=shape: sampler(model, diffusion, shape, device=DEVICE)  # noqa: E731
                 row["ddim20_end_to_end_s_per_video"] = time_calls(run, 1) / batch
@@ -125,14 +139,16 @@ def main() -> None:
 
     print(
         "| config | batch | forward ms | DDPM-250 s/video | DDIM-50 s/video | 20-step s/video "
-        "| 20-step end to end s/video | peak GiB | warm-up s |\n|---|---|---|---|---|---|---|---|---|"
+        "| 20-step end to end s/video | peak GiB | warm-up s | error vs fp32 |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         e2e = r.get("ddim20_end_to_end_s_per_video")
         print(
             f"| {r['config']} | {r['batch']} | {r['forward_ms']:.1f} | {r['ddpm250_s_per_video']:.2f} | "
             f"{r['ddim50_s_per_video']:.3f} | {r['dpm20_s_per_video']:.3f} | "
-            f"{'' if e2e is None else f'{e2e:.3f}'} | {r['peak_GiB']:.1f} | {r['warmup_s']:.0f} |"
+            f"{'' if e2e is None else f'{e2e:.3f}'} | {r['peak_GiB']:.1f} | {r['warmup_s']:.0f} | "
+            f"{r['relative_error_vs_fp32']:.2e} |"
         )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(

@@ -10,6 +10,7 @@ compiled bf16 training runs the attention across frames through SDPA's math kern
 elementwise.
 
     python bench/train_profile.py                       # on a GPU
+    python bench/train_profile.py --eager --backends "" # the eager step's profile alone
     python bench/train_profile.py --size tiny --input-size 8 --frames 4 --steps 2 --backends math  # CPU smoke
 """
 
@@ -120,7 +121,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=4)
-    parser.add_argument("--backends", default="flash,cudnn,efficient")
+    parser.add_argument("--backends", default="flash,cudnn,efficient", help='"": no backend table')
+    parser.add_argument("--eager", action="store_true", help="profile the eager step (default: compiled)")
     parser.add_argument("--json", default=os.environ.get("OUT", ".") + "/train_profile.json")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -129,11 +131,13 @@ def main() -> None:
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
     backends |= {"efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
-    step = build_step(args, compile_model=DEVICE.type == "cuda")
+    compiled = DEVICE.type == "cuda" and not args.eager
+    step = build_step(args, compile_model=compiled)
     step_s = time_step(step, args.warmup, args.steps)
     classes, kernels = profile(step, args.steps)
     total = sum(classes.values())
-    print(f"\nstep {1e3 * step_s:.1f} ms ({args.batch / step_s:.2f} samples/s); GPU kernels {total:.1f} ms")
+    mode, rate = "compiled" if compiled else "eager", args.batch / step_s
+    print(f"\n{mode} step {1e3 * step_s:.1f} ms ({rate:.2f} samples/s); GPU kernels {total:.1f} ms")
     print("| kernel class | ms / step | share of GPU time |\n|---|---|---|")
     for label, ms in sorted(classes.items(), key=lambda kv: -kv[1]):
         print(f"| {label} | {ms:.2f} | {ms / total:.1%} |")
@@ -143,7 +147,7 @@ def main() -> None:
         print(f"| `{name}` | {ms:.2f} |")
 
     rows = []
-    for name in args.backends.split(","):
+    for name in filter(None, args.backends.split(",")):
         order = [backends[name], *[b for b in backends.values() if b != backends[name]]]
         for compiled in (False, True) if DEVICE.type == "cuda" else (False,):
             torch._dynamo.reset()
@@ -158,7 +162,13 @@ def main() -> None:
         print(f"| {r['backend']} | {r['compiled']} | {r['step_ms']:.1f} | {rate:.1f} |")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     record = {"device": device, "torch": torch.__version__, "date": str(datetime.date.today())}
-    record |= {"step_ms": 1e3 * step_s, "classes": classes, "kernels": kernels, "backends": rows}
+    record |= {
+        "compiled": compiled,
+        "step_ms": 1e3 * step_s,
+        "classes": classes,
+        "kernels": kernels,
+        "backends": rows,
+    }
     Path(args.json).write_text(json.dumps(record))
 
 

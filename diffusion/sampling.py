@@ -20,6 +20,7 @@ sampler                 objective           how
 import copy
 import inspect
 import re
+import warnings
 import weakref
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ from diffusion.flow_matching import FlowMatching
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.objective import Model, NoisePrior, Objective, draw_noise
 from utils.distributed import gathered_dtype, is_sharded
+from utils.float8 import quantize_for_inference
 
 SAMPLERS_FOR = {  # the config choices that sample each objective, for the error of a mismatch
     "GaussianDiffusion": "sampler=ddpm, sampler=ddim or sampler=dpm_solver",
@@ -73,7 +75,12 @@ def classifier_free_guidance(model: Model, cfg_scale: float, null_class: int) ->
 #               Inference Precision: the Weights Cast Once, Compiled            #
 #################################################################################
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {  # sampler.precision -> the dtype the weights are cast to
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float8": torch.bfloat16,  # + the blocks' qkv/fc1/fc2 in float8 (utils.float8; not the paper's numerics)
+}
 
 
 class CastModel(nn.Module):
@@ -131,7 +138,9 @@ class SamplerBase:
         self.progress = progress
         self.precision = precision  # the dtype the weights are cast to, once per call ("auto": bf16 on CUDA)
         self.compile = compile  # torch.compile the (cast) model; the compiled copy is kept across calls
-        self._fast: tuple | None = None  # (weakref to the model, its cast copy, the callable the loop runs)
+        self._fast: tuple | None = (
+            None  # (weakref to the model, its cast copy, what the loop runs, precision)
+        )
 
     def __getstate__(self) -> dict:
         """Pickle and deepcopy the recipe, not the cached low-precision copy of a model."""
@@ -145,17 +154,24 @@ class SamplerBase:
         """
         dtype = resolve_precision(self.precision, device)
         if not isinstance(model, nn.Module) or is_sharded(model):  # a function, or FSDP's weights: autocast
+            if self.precision == "float8":
+                warnings.warn(
+                    "sampler.precision=float8 needs a whole module: bf16 autocast here", stacklevel=3
+                )
             if dtype == torch.float32:  # to the dtype a sharded model gathers its weights in, when lower
                 dtype = gathered_dtype(model)
             return model if dtype == torch.float32 else _autocast(model, device, dtype)
         if dtype == torch.float32 and not self.compile:
             return model
         cached = self._fast
-        if cached is None or cached[0]() is not model or cached[1].dtype != dtype:
+        if cached is None or cached[0]() is not model or cached[3] != (self.precision, dtype):
             cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)
-            self._fast = cached = (weakref.ref(model), cast, torch.compile(cast) if self.compile else cast)
-        else:
-            cached[1].model.load_state_dict(model.state_dict())  # cast copies into the same tensors
+            if self.precision == "float8":
+                quantize_for_inference(cast.model)
+            compiled = torch.compile(cast) if self.compile else cast
+            self._fast = cached = (weakref.ref(model), cast, compiled, (self.precision, dtype))
+        else:  # cast (float8: quantize) into the same tensors
+            cached[1].model.load_state_dict(model.state_dict())
         return cached[2]
 
     @property

@@ -24,10 +24,18 @@ def test_sample_speed_prints_its_table_and_writes_json(tmp_path):
     result = run_bench("sample_speed.py", "--batches", "2", "--no-compile", "--reps", "1", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    names = ["fp32 (before)", "bf16 autocast", "bf16 cast once", "fp16 cast once"]
+    names = ["fp32 (before)", "bf16 autocast", "bf16 cast once", "fp16 cast once", "float8"]
     assert [r["config"] for r in rows] == names
     assert all(r["forward_ms"] > 0 for r in rows) and "ddim20_end_to_end_s_per_video" in rows[2]
+    errors = [r["relative_error_vs_fp32"] for r in rows]
+    assert errors[0] == 0 and 0 < errors[2] < 0.1 and 0 < errors[4] < 0.1, (
+        f"each row's distance from fp32: {errors}"
+    )
     assert "| bf16 cast once | 2 |" in result.stdout
+    chosen = tmp_path / "chosen.json"
+    args = ["--batches", "2", "--no-compile", "--reps", "1", "--configs", "float8", "--json", str(chosen)]
+    result = run_bench("sample_speed.py", *args)
+    assert [r["config"] for r in json.loads(chosen.read_text())["rows"]] == ["float8"], result.stderr[-3000:]
 
 
 def test_train_profile_times_each_backend_and_writes_json(tmp_path):
@@ -38,6 +46,10 @@ def test_train_profile_times_each_backend_and_writes_json(tmp_path):
     record = json.loads(out.read_text())
     assert record["step_ms"] > 0 and [r["backend"] for r in record["backends"]] == ["math"]
     assert "| SDPA backend first |" in result.stdout
+    eager = run_bench("train_profile.py", *args[:4], "--eager", "--backends", "", "--json", str(out))
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["compiled"] is False and record["backends"] == [] and "eager step" in eager.stdout
 
 
 def test_attention_backends_times_both_cores_and_the_step_per_kernel_and_writes_json(tmp_path):

@@ -1,24 +1,38 @@
 """module.float8=true: torchao's Float8Linear in the blocks' qkv/fc1/fc2 (emulated on the CPU), keeping the
-weights, state-dict keys and EMA; its forward and gradients follow bf16 autocast within float8 error."""
+weights, state-dict keys and EMA; its forward and gradients follow bf16 autocast within float8 error.
+sampler.precision=float8: our rowwise Float8InferenceLinear in the same layers of the sampler's copy."""
 
 import copy
+import importlib.util
 import sys
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from backbones import Latte
+from diffusion import GaussianDiffusion, Sampler
 from tests.conftest import TINY, compose_train
-from utils.float8 import FLOAT8_LAYERS, convert_to_float8
+from utils.float8 import FLOAT8, FLOAT8_LAYERS, Float8InferenceLinear, convert_to_float8
 
-Float8Linear = pytest.importorskip("torchao.float8.float8_linear").Float8Linear
+needs_torchao = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None, reason="float8 training: torchao"
+)
 
 
 def float8_names(module: torch.nn.Module) -> list[str]:
-    """The names of the Float8Linear submodules of ``module``."""
+    """The names of the (torchao) Float8Linear submodules of ``module``."""
+    from torchao.float8.float8_linear import Float8Linear
+
     return [name for name, m in module.named_modules() if isinstance(m, Float8Linear)]
 
 
+#################################################################################
+#                    Training: module.float8 (torchao)                          #
+#################################################################################
+
+
+@needs_torchao
 def test_module_float8_swaps_each_blocks_qkv_and_mlp_once_and_keeps_keys_and_ema(tmp_path):
     module = instantiate(compose_train(tmp_path, [*TINY, "module.float8=true"]).module)
     keys, weights = sorted(module.state_dict()), [id(p) for p in module.backbone.parameters()]
@@ -40,6 +54,7 @@ def test_module_float8_swaps_each_blocks_qkv_and_mlp_once_and_keeps_keys_and_ema
     assert not torch.equal(module.ema.blocks[0].attn.qkv.weight, before), "the EMA follows the float8 layers"
 
 
+@needs_torchao
 def test_float8_blocks_follow_bf16_autocast_within_float8_error(tmp_path):
     """Same weights: the prediction within 3% of bf16's spread, every weight gradient pointing its way."""
     backbone = instantiate(compose_train(tmp_path, TINY).module.backbone)
@@ -65,6 +80,7 @@ def test_float8_blocks_follow_bf16_autocast_within_float8_error(tmp_path):
     assert checked == 2 * 3 * len(fp8.blocks), "every float8 layer's weight and bias"
 
 
+@needs_torchao
 def test_a_float8_run_trains_and_its_checkpoint_samples_without_torchao(tmp_path, monkeypatch):
     """train.py with module.float8=true (CPU, bf16-mixed): finite losses, and the checkpoint holds the plain
     keys, so sample.py and init=checkpoint read it, torchao or not, into a model without float8 layers."""
@@ -82,3 +98,76 @@ def test_a_float8_run_trains_and_its_checkpoint_samples_without_torchao(tmp_path
     )
     module = load_module(str(ckpt), sample_cfg, overrides=[])
     assert not float8_names(module) and module.sample(1).shape[0] == 1
+
+
+#################################################################################
+#                  Sampling: sampler.precision=float8 (ours)                    #
+#################################################################################
+
+
+def test_float8_inference_linear_is_rowwise_float8_and_requantizes_what_it_loads():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96)
+    with torch.no_grad():
+        linear.weight[5] = 0  # an all-zero row (adaLN-Zero style) must not divide by zero
+    fp8 = Float8InferenceLinear(linear)
+    assert fp8.weight.dtype == FLOAT8 and fp8.weight_scale.shape == (1, 96)
+    x = torch.randn(2, 5, 64).to(torch.bfloat16)
+    x[0, 0] = 0  # an all-zero token too
+    out, reference = fp8(x), linear(x.float())
+    assert out.shape == (2, 5, 96) and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    error = (out.float() - reference).norm() / reference.norm()
+    assert 0 < error < 0.06, f"rowwise e4m3 off by {error:.4f} of the output (0: nothing quantized)"
+    with torch.no_grad():
+        linear.weight.mul_(2.0)
+    storage = fp8.weight.data_ptr()
+    fp8.load_state_dict(linear.state_dict())  # the source's full-precision weight, quantized as it loads
+    assert fp8.weight.data_ptr() == storage, "loaded into the same buffers: a compiled copy keeps its graph"
+    moved = linear(x.float())
+    assert (fp8(x).float() - moved).norm() / moved.norm() < 0.06, "it computes with the loaded weight"
+    fp8.load_state_dict(fp8.state_dict())  # its own float8 state loads as it is
+    assert (fp8(x).float() - moved).norm() / moved.norm() < 0.06
+
+
+def test_float8_sampling_quantizes_the_copy_only_and_follows_fp32_within_float8_error():
+    torch.manual_seed(0)
+    model = Latte(size="tiny", patch_size=2, input_size=8, num_frames=4, learn_sigma=True).eval()
+    with torch.no_grad():  # random weights: adaLN-Zero's zero init would make every output 0
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    x, t = torch.randn(2, 4, 4, 8, 8), torch.tensor([999.0, 3.0])
+    fast, bf16 = Sampler("ddim", 5, precision="float8"), Sampler("ddim", 5, precision="bf16")
+    errors = {}
+    for name, sampler in (("float8", fast), ("bf16", bf16)):
+        reference = model(x, t)
+        errors[name] = (
+            (sampler.inference_model(model, x.device)(x, t) - reference).norm() / reference.norm()
+        ).item()
+    assert errors["bf16"] < errors["float8"] < 0.05, (
+        f"one forward's relative error {errors}: float8 is coarser"
+    )
+    cast = fast._fast[1].model
+    swapped = [n for n, m in cast.named_modules() if isinstance(m, Float8InferenceLinear)]
+    assert len(swapped) == 3 * len(model.blocks) and {n.rsplit(".", 1)[-1] for n in swapped} == set(
+        FLOAT8_LAYERS
+    )
+    assert not any(isinstance(m, Float8InferenceLinear) for m in model.modules()), (
+        "the model itself is untouched"
+    )
+
+    noise = torch.randn(2, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    run = lambda s: s(model, GaussianDiffusion(), noise.shape, noise=noise)  # noqa: E731
+    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    low = run(fast)
+    assert low.dtype == torch.float32 and relative(low, run(Sampler("ddim", 5))) < 0.03
+    with torch.no_grad():
+        model.final_layer.linear.bias.add_(1.0)
+        model.blocks[0].mlp.fc2.weight.mul_(3.0)  # a float8 layer's weight moves too (e.g. the EMA)
+    moved = run(fast)
+    assert fast._fast[1].model is cast, "the quantized copy is made once and refreshed in place"
+    assert relative(moved, run(Sampler("ddim", 5))) < 0.03 < relative(moved, low), (
+        "it samples the new weights"
+    )
+    fast.precision = "bf16"
+    run(fast)
+    assert fast._fast[1].model is not cast, "another precision makes another copy"

@@ -55,15 +55,22 @@ def test_backbone_bf16_autocast_matches_fp32():
     assert rel < 2e-2, f"bf16 autocast deviates by {rel:.3e} (relative L2) from fp32"
 
 
-def test_compiled_bf16_sampling_matches_the_fp32_sampler():
-    from diffusion import GaussianDiffusion, Sampler
+def ddim_on_a_random_latte_s():
+    """(run(sampler) -> samples from fixed noise, the model): a perturbed Latte-S/2 on the GPU, 16 x 32²."""
+    from diffusion import GaussianDiffusion
 
     torch.manual_seed(0)
     model = Latte(size="S", patch_size=2, input_size=32, num_frames=16).cuda().eval()
     for p in model.parameters():
         p.data.add_(torch.randn_like(p) * 0.02)
     noise = torch.randn(2, 16, 4, 32, 32, device="cuda")
-    run = lambda sampler: sampler(model, GaussianDiffusion(), noise.shape, noise=noise)  # noqa: E731
+    return lambda sampler: sampler(model, GaussianDiffusion(), noise.shape, noise=noise), model
+
+
+def test_compiled_bf16_sampling_matches_the_fp32_sampler():
+    from diffusion import Sampler
+
+    run, model = ddim_on_a_random_latte_s()
     ref = run(Sampler("ddim", 10, precision="fp32"))
     fast = Sampler("ddim", 10, precision="auto", compile=True)
     out, again = run(fast), run(fast)
@@ -71,6 +78,27 @@ def test_compiled_bf16_sampling_matches_the_fp32_sampler():
     rel = (out - ref).norm() / ref.norm()
     assert rel < 3e-2, f"compiled bf16 DDIM-10 deviates by {rel:.3e} (relative L2) from fp32"
     torch.testing.assert_close(again, out)  # the compiled copy is reused, deterministic
+
+
+def test_compiled_float8_sampling_follows_the_fp32_sampler_about_as_closely_as_bf16():
+    """sampler.precision=float8, compiled: rowwise float8 qkv/fc1/fc2 by torch._scaled_mm (H100-class)."""
+    from diffusion import Sampler
+    from utils.float8 import Float8InferenceLinear
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 matmuls need compute capability 8.9 or later")
+    run, model = ddim_on_a_random_latte_s()
+    ref, bf16 = (
+        run(Sampler("ddim", 10, precision="fp32")),
+        run(Sampler("ddim", 10, precision="bf16", compile=True)),
+    )
+    fast = Sampler("ddim", 10, precision="float8", compile=True)
+    out = run(fast)
+    assert sum(isinstance(m, Float8InferenceLinear) for m in fast._fast[1].modules()) == 3 * len(model.blocks)
+    rel, rel_bf16 = ((out - ref).norm() / ref.norm()).item(), ((bf16 - ref).norm() / ref.norm()).item()
+    assert 0 < rel < max(3 * rel_bf16, 3e-2), (
+        f"compiled float8 DDIM-10 deviates by {rel:.3e} (bf16: {rel_bf16:.3e})"
+    )
 
 
 def _csv_losses(run_dir) -> dict[int, float]:
