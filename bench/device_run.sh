@@ -10,7 +10,7 @@ wheels=/tmp/site/.installed-$(ls .whl | sha256sum | cut -c1-16)   # once per mac
 ) 9>/tmp/site.lock && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve compile-modes fp8-sampling eager-profile
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve compile-modes fp8-sampling eager-profile loss-floor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -219,4 +219,12 @@ if [[ $what == *eager-profile* ]]; then
 echo "== issue #14 item 1: where the eager Latte-XL/2 step goes (the official code's eager rate is the bar)"
 python3 bench/train_profile.py --eager --backends "" --steps 8 --json "$OUT"/train_profile_eager.json 2>&1 \
   | grep -E "^\||step|^device|Error"
+fi
+
+if [[ $what == *loss-floor* ]]; then
+backend=${LF_BACKEND:-model}   # two GPUs side by side: CUDA_VISIBLE_DEVICES=0 (model), =1 LF_BACKEND=efficient
+echo "== issue #14 item 1: the loss-curve check's noise floor: the eager run again, SDPA across frames: $backend;"
+echo "== compare each with the earlier eager run offline (bench.train_loop.curve_deviation): same seed, same data"
+python3 bench/train_loop.py --steps ${LF_STEPS:-1800} --warmup 20 --modes eager --time-backend $backend \
+  --json "$OUT"/loss_floor_$backend.json 2>&1 | grep -E "^\||^device|Error"
 fi

@@ -20,6 +20,11 @@ of ``--reference ROWS.json`` from an earlier one (one GPU command may not fit bo
 
     python bench/train_loop.py --steps 2000 --modes eager --json eager.json                # today's numerics
     python bench/train_loop.py --steps 2000 --modes compiled --reference eager.json         # within 0.5%?
+
+The check's noise floor: the same eager run again (is it deterministic?), and eager with another SDPA kernel
+across frames (``--time-backend efficient``), a change of numerics as small and as valid as compiling:
+
+    python bench/train_loop.py --steps 2000 --modes eager --time-backend efficient --reference eager.json
 """
 
 import argparse
@@ -40,6 +45,8 @@ from lightning.pytorch import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backbones.latte import TemporalAttention  # noqa: E402
+from bench.attention_backends import BACKENDS  # noqa: E402
 from utils.config import register_resolvers  # noqa: E402
 from utils.run import train  # noqa: E402
 
@@ -281,7 +288,11 @@ def main() -> None:
         help="rows JSON of an earlier run: its first row's loss curve is the reference",
     )
     parser.add_argument("--curve-window", type=int, default=100, help="steps per window of the curve check")
+    parser.add_argument(
+        "--time-backend", choices=list(BACKENDS), default="model", help="force this SDPA kernel across frames"
+    )
     args = parser.parse_args()
+    TemporalAttention.time_backends = BACKENDS[args.time_backend]
     profiled = StepProfiler.STEPS if args.profile else 0
     assert args.steps > args.warmup + profiled, (
         "--steps must exceed --warmup (+ the profiled), or nothing is timed"
@@ -292,6 +303,7 @@ def main() -> None:
     rank, rows = int(os.environ.get("RANK", 0)), []
     for mode in args.modes:
         rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment, args.profile))
+        rows[-1]["time_backend"] = args.time_backend  # across frames: "model" is the model's own choice
         if args.json and rank == 0:
             write_rows(args.json, rows)
     if rank > 0:  # under torchrun: rank 0 reports
