@@ -51,7 +51,7 @@ def time_calls(call, reps: int) -> float:
     return statistics.median(times)
 
 
-def configurations(compile_too: bool) -> list[tuple[str, str, bool, bool]]:
+def configurations(compile_too: bool, float8: bool = True) -> list[tuple[str, str, bool, bool]]:
     """(name, sampler.precision, compile, under bf16 autocast) rows; fp32 first, the baseline."""
     rows = [
         ("fp32 (before)", "fp32", False, False),
@@ -59,10 +59,10 @@ def configurations(compile_too: bool) -> list[tuple[str, str, bool, bool]]:
         ("bf16 cast once", "bf16", False, False),
         ("fp16 cast once", "fp16", False, False),
     ]
-    rows += [("float8", "float8", False, False)]
+    rows += [("float8", "float8", False, False)] if float8 else []
     if compile_too:
         rows += [("bf16 cast + compile", "bf16", True, False), ("fp16 cast + compile", "fp16", True, False)]
-        rows += [("float8 + compile", "float8", True, False)]
+        rows += [("float8 + compile", "float8", True, False)] if float8 else []
     return rows
 
 
@@ -90,13 +90,16 @@ def main() -> None:
     for p in model.parameters():  # a trained-looking model: the zero-initialised output layers predict 0
         p.add_(0.02 * torch.randn_like(p))
     diffusion = GaussianDiffusion()
+    float8 = DEVICE.type != "cuda" or torch.cuda.get_device_capability() >= (8, 9)  # float8 tensor cores
+    if not float8:
+        print("no float8 rows: this GPU has no float8 tensor cores (compute capability < 8.9)")
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         x = torch.randn(batch, args.frames, 4, args.input_size, args.input_size, device=DEVICE)
         t = torch.full((batch,), 500, device=DEVICE)
         with torch.no_grad():
             exact = model(x, t)  # fp32: what each row's error is measured against
-        for name, precision, compile_model, autocast in configurations(not args.no_compile):
+        for name, precision, compile_model, autocast in configurations(not args.no_compile, float8):
             if args.configs and name not in args.configs:
                 continue
             sampler = Sampler("ddim", 20, precision=precision, compile=compile_model)

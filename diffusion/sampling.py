@@ -79,7 +79,7 @@ PRECISIONS = {  # sampler.precision -> the dtype the weights are cast to
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
-    "float8": torch.bfloat16,  # + the blocks' qkv/fc1/fc2 in float8 (utils.float8; not the paper's numerics)
+    "float8": torch.bfloat16,  # + every qkv/fc1/fc2 in float8 (utils.float8; not the paper's numerics)
 }
 
 
@@ -138,9 +138,8 @@ class SamplerBase:
         self.progress = progress
         self.precision = precision  # the dtype the weights are cast to, once per call ("auto": bf16 on CUDA)
         self.compile = compile  # torch.compile the (cast) model; the compiled copy is kept across calls
-        self._fast: tuple | None = (
-            None  # (weakref to the model, its cast copy, what the loop runs, precision)
-        )
+        # (weakref to the model, its cast copy, what the loop runs, (precision, dtype, device, compile))
+        self._fast: tuple | None = None
 
     def __getstate__(self) -> dict:
         """Pickle and deepcopy the recipe, not the cached low-precision copy of a model."""
@@ -163,13 +162,15 @@ class SamplerBase:
             return model if dtype == torch.float32 else _autocast(model, device, dtype)
         if dtype == torch.float32 and not self.compile:
             return model
-        cached = self._fast
-        if cached is None or cached[0]() is not model or cached[3] != (self.precision, dtype):
+        cached, recipe = self._fast, (self.precision, dtype, torch.device(device), self.compile)
+        if cached is None or cached[0]() is not model or cached[3] != recipe:
             cast = CastModel(copy.deepcopy(model).to(dtype).eval().requires_grad_(False), dtype)
-            if self.precision == "float8":
-                quantize_for_inference(cast.model)
+            if self.precision == "float8" and not quantize_for_inference(cast.model):
+                warnings.warn(
+                    "sampler.precision=float8: no qkv/fc1/fc2 layer to quantize, bf16", stacklevel=3
+                )
             compiled = torch.compile(cast) if self.compile else cast
-            self._fast = cached = (weakref.ref(model), cast, compiled, (self.precision, dtype))
+            self._fast = cached = (weakref.ref(model), cast, compiled, recipe)
         else:  # cast (float8: quantize) into the same tensors
             cached[1].model.load_state_dict(model.state_dict())
         return cached[2]

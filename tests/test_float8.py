@@ -127,6 +127,11 @@ def test_float8_inference_linear_is_rowwise_float8_and_requantizes_what_it_loads
     assert (fp8(x).float() - moved).norm() / moved.norm() < 0.06, "it computes with the loaded weight"
     fp8.load_state_dict(fp8.state_dict())  # its own float8 state loads as it is
     assert (fp8(x).float() - moved).norm() / moved.norm() < 0.06
+    from_bf16 = Float8InferenceLinear(copy.deepcopy(linear).to(torch.bfloat16))
+    fp8.load_state_dict(linear.state_dict())  # fp32
+    assert torch.equal(fp8.weight.view(torch.uint8), from_bf16.weight.view(torch.uint8)), (
+        "an fp32 weight quantizes as its bf16 copy does"
+    )
 
 
 def test_float8_sampling_quantizes_the_copy_only_and_follows_fp32_within_float8_error():
@@ -137,15 +142,18 @@ def test_float8_sampling_quantizes_the_copy_only_and_follows_fp32_within_float8_
             p.normal_(0, 0.05)
     x, t = torch.randn(2, 4, 4, 8, 8), torch.tensor([999.0, 3.0])
     fast, bf16 = Sampler("ddim", 5, precision="float8"), Sampler("ddim", 5, precision="bf16")
-    errors = {}
+    errors, outputs = {}, {}
     for name, sampler in (("float8", fast), ("bf16", bf16)):
         reference = model(x, t)
-        errors[name] = (
-            (sampler.inference_model(model, x.device)(x, t) - reference).norm() / reference.norm()
-        ).item()
+        outputs[name] = sampler.inference_model(model, x.device)(x, t)
+        errors[name] = ((outputs[name] - reference).norm() / reference.norm()).item()
     assert errors["bf16"] < errors["float8"] < 0.05, (
         f"one forward's relative error {errors}: float8 is coarser"
     )
+    for name, sampler in (("float8", fast), ("bf16", bf16)):  # a refresh from unchanged weights
+        assert torch.equal(sampler.inference_model(model, x.device)(x, t), outputs[name]), (
+            f"{name}: the first call (cast, then quantized) and a refresh (loaded) must agree bit for bit"
+        )
     cast = fast._fast[1].model
     swapped = [n for n, m in cast.named_modules() if isinstance(m, Float8InferenceLinear)]
     assert len(swapped) == 3 * len(model.blocks) and {n.rsplit(".", 1)[-1] for n in swapped} == set(

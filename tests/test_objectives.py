@@ -416,6 +416,11 @@ def test_low_precision_sampling_casts_the_weights_once_and_matches_fp32_within_i
         "it samples the new weights"
     )
     assert copy.deepcopy(fast)._fast is None, "a copied sampler carries its recipe, not the cast model"
+    fast.compile = True  # compiled lazily: nothing runs here
+    compiled = fast.inference_model(model, noise.device)
+    assert fast._fast[1].model is not cast and compiled is not fast._fast[1], (
+        "a sampler switched to compile makes a compiled copy, not the eager one it cached"
+    )
 
 
 def test_fp32_and_auto_on_cpu_sample_the_model_itself():

@@ -79,17 +79,22 @@ class Float8InferenceLinear(nn.Module):
             "float8 GEMMs need multiples of 16"
         )
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight, scale = rowwise_float8(linear.weight.detach())  # (n, k), (n, 1)
+        weight, scale = self.quantize(linear.weight.detach())  # (n, k), (n, 1)
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, n): _scaled_mm's rowwise layout
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         self.register_buffer("bias", bias)
 
+    @staticmethod
+    def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rowwise e4m3 of a weight (n, k) rounded to bf16 first: an fp32 source and its bf16 copy agree."""
+        return rowwise_float8(weight.to(torch.bfloat16))  # (n, k), (n, 1)
+
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
         """Quantize a full-precision ``weight`` (a Linear's) as it loads; a float8 one loads as it is."""
         weight = state_dict.get(prefix + "weight")
         if weight is not None and weight.dtype != FLOAT8:
-            state_dict[prefix + "weight"], scale = rowwise_float8(weight)  # (n, k), (n, 1)
+            state_dict[prefix + "weight"], scale = self.quantize(weight)  # (n, k), (n, 1)
             state_dict[prefix + "weight_scale"] = scale.t()  # (1, n)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
