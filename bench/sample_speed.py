@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backbones import Latte  # noqa: E402
 from diffusion import GaussianDiffusion, Sampler  # noqa: E402
+from utils.float8 import has_float8_tensor_cores  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -90,7 +91,7 @@ def main() -> None:
     for p in model.parameters():  # a trained-looking model: the zero-initialised output layers predict 0
         p.add_(0.02 * torch.randn_like(p))
     diffusion = GaussianDiffusion()
-    float8 = DEVICE.type != "cuda" or torch.cuda.get_device_capability() >= (8, 9)  # float8 tensor cores
+    float8 = has_float8_tensor_cores(DEVICE)
     if not float8:
         print("no float8 rows: this GPU has no float8 tensor cores (compute capability < 8.9)")
     rows = []

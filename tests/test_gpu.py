@@ -5,6 +5,7 @@ import torch
 
 from backbones import Latte
 from tests.conftest import TINY, compose_train
+from utils.float8 import has_float8_tensor_cores
 from utils.run import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -30,7 +31,7 @@ def test_compiled_float8_training_on_gpu_follows_the_bf16_loss_curve(tmp_path):
     """module.float8=true on an H100-class GPU (float8 tensor cores), compiled: the loss after 200 steps of
     the synthetic shapes within 10% of bf16's (needs torchao: pip install -e ".[fp8]")."""
     pytest.importorskip("torchao")
-    if torch.cuda.get_device_capability() < (8, 9):
+    if not has_float8_tensor_cores(torch.device("cuda")):
         pytest.skip("float8 matmuls need compute capability 8.9 or later")
     overrides = [*TINY, "trainer=gpu", "trainer.max_steps=200", "data.batch_size=8", "seed=0"]
     overrides += ["backbone.size=S", "module.compile=true"]  # 384 wide: float8-GEMM-sized (multiples of 16)
@@ -85,7 +86,7 @@ def test_compiled_float8_sampling_follows_the_fp32_sampler_about_as_closely_as_b
     from diffusion import Sampler
     from utils.float8 import Float8InferenceLinear
 
-    if torch.cuda.get_device_capability() < (8, 9):
+    if not has_float8_tensor_cores(torch.device("cuda")):
         pytest.skip("float8 matmuls need compute capability 8.9 or later")
     run, model = ddim_on_a_random_latte_s()
     ref, bf16 = (

@@ -21,6 +21,11 @@ from torch import nn
 FLOAT8_LAYERS = ("qkv", "fc1", "fc2")  # the attention's fused projection and the MLP: most of a block's FLOPs
 
 
+def has_float8_tensor_cores(device: torch.device) -> bool:
+    """Whether ``device`` runs float8 GEMMs: the CPU (emulated) or a CUDA GPU of compute capability 8.9+."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def convert_to_float8(backbone: nn.Module, device: torch.device | None = None) -> int:
     """Swap the ``FLOAT8_LAYERS`` Linears of ``backbone.blocks`` for torchao's Float8Linear, in place (again:
     nothing); how many it swapped. Matmul dims must be multiples of 16 (float8 GEMMs); other layers stay.
@@ -30,7 +35,7 @@ def convert_to_float8(backbone: nn.Module, device: torch.device | None = None) -
     except ImportError as error:
         raise ImportError('module.float8=true needs torchao: pip install -e ".[fp8]"') from error
     device = device or next(backbone.parameters()).device
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+    if not has_float8_tensor_cores(device):
         raise RuntimeError(
             f"module.float8=true needs float8 tensor cores (compute capability 8.9+: H100, L40); "
             f"{torch.cuda.get_device_name(device)} has none. Leave module.float8=false"
@@ -122,7 +127,7 @@ def quantize_for_inference(model: nn.Module) -> int:
     """Swap every ``FLOAT8_LAYERS`` Linear of ``model`` (float8-GEMM-sized) for a Float8InferenceLinear, in
     place; how many it swapped. On CUDA it needs float8 tensor cores (compute capability 8.9+)."""
     device = next(model.parameters()).device
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+    if not has_float8_tensor_cores(device):
         raise RuntimeError(
             f"sampler.precision=float8 needs float8 tensor cores (compute capability 8.9+: H100, L40); "
             f"{torch.cuda.get_device_name(device)} has none. Use sampler.precision=bf16"
