@@ -94,8 +94,11 @@ def time_step(step, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def profile(step, steps: int) -> tuple[dict[str, float], list[tuple[str, float]]]:
-    """GPU ms per step by kernel class, and the 12 longest kernels, over ``steps`` profiled steps."""
+def profile(
+    step, steps: int
+) -> tuple[dict[str, float], list[tuple[str, float]], list[tuple[str, float, int]]]:
+    """GPU ms per step by kernel class, the 12 longest kernels, and the 15 torch operators whose own kernels
+    took longest (name, ms per step, calls per step), over ``steps`` profiled steps."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if DEVICE.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -108,7 +111,10 @@ def profile(step, steps: int) -> tuple[dict[str, float], list[tuple[str, float]]
         if DEVICE.type == "cuda" and event.device_type == torch.autograd.DeviceType.CUDA:
             by_class[kernel_class(event.name)] += event.device_time_total / 1e3 / steps  # ms per step
             by_kernel[event.name[:90]] += event.device_time_total / 1e3 / steps
-    return dict(by_class), by_kernel.most_common(12)
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.self_device_time_total > 0]
+    ops.sort(key=lambda e: -e.self_device_time_total)
+    by_op = [(e.key, e.self_device_time_total / 1e3 / steps, e.count // steps) for e in ops[:15]]
+    return dict(by_class), by_kernel.most_common(12), by_op
 
 
 def main() -> None:
@@ -134,7 +140,7 @@ def main() -> None:
     compiled = DEVICE.type == "cuda" and not args.eager
     step = build_step(args, compile_model=compiled)
     step_s = time_step(step, args.warmup, args.steps)
-    classes, kernels = profile(step, args.steps)
+    classes, kernels, operators = profile(step, args.steps)
     total = sum(classes.values())
     mode, rate = "compiled" if compiled else "eager", args.batch / step_s
     print(f"\n{mode} step {1e3 * step_s:.1f} ms ({rate:.2f} samples/s); GPU kernels {total:.1f} ms")
@@ -145,6 +151,9 @@ def main() -> None:
     print("\n| longest kernels | ms / step |\n|---|---|")
     for name, ms in kernels:
         print(f"| `{name}` | {ms:.2f} |")
+    print("\n| torch operator (its own kernels) | ms / step | calls / step |\n|---|---|---|")
+    for name, ms, calls in operators:
+        print(f"| `{name}` | {ms:.2f} | {calls} |")
 
     rows = []
     for name in filter(None, args.backends.split(",")):
@@ -167,6 +176,7 @@ def main() -> None:
         "step_ms": 1e3 * step_s,
         "classes": classes,
         "kernels": kernels,
+        "operators": operators,
         "backends": rows,
     }
     Path(args.json).write_text(json.dumps(record))
