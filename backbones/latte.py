@@ -39,6 +39,7 @@ from backbones.layers import (
     require,
     sincos_1d,
     sincos_2d,
+    tokens_in_memory_order,
 )
 
 LATTE_SIZES: dict[str, dict] = {
@@ -74,7 +75,7 @@ class TubeletEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a clip (b, f, c, h, w) into tubelet tokens (b, f/s, h*w/p^2, d)."""
         x = self.proj(rearrange(x, "b f c h w -> b c f h w"))  # (b, d, f/s, h/p, w/p)
-        return rearrange(x, "b d f gh gw -> b f (gh gw) d")  # (b, f/s, l, d)
+        return tokens_in_memory_order(rearrange(x, "b d f gh gw -> b f (gh gw) d"))  # (b, f/s, l, d)
 
 
 class FrameUpsample(nn.Module):

@@ -64,6 +64,16 @@ class RotaryEmbedding(nn.Module):
 #################################################################################
 
 
+def tokens_in_memory_order(tokens: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of tokens (b, f, l, d) viewed from a convolution's channels-first output.
+
+    Viewed, the width d would be the slowest axis in memory, and the residual stream, every block's sum
+    into it, would keep that layout: each LayerNorm would copy it and each residual add run strided. On an
+    H200 that cost a Latte-XL/2 training step 10% eagerly and 5% compiled (bench/RESULTS.md).
+    """
+    return tokens.contiguous()  # (b, f, l, d)
+
+
 class PatchEmbed(nn.Module):
     """Uniform patch embedding: every frame cut into p x p patches by a Conv2d with kernel = stride = p."""
 
@@ -77,7 +87,7 @@ class PatchEmbed(nn.Module):
         """Embed frames (b, f, c, h, w) into row-major patch tokens (b, f, h*w/p^2, d)."""
         b = x.shape[0]
         x = self.proj(rearrange(x, "b f c h w -> (b f) c h w"))  # (b*f, d, h/p, w/p)
-        return rearrange(x, "(b f) d gh gw -> b f (gh gw) d", b=b)  # (b, f, l, d)
+        return tokens_in_memory_order(rearrange(x, "(b f) d gh gw -> b f (gh gw) d", b=b))  # (b, f, l, d)
 
 
 class TimestepEmbedder(nn.Module):

@@ -381,3 +381,19 @@ def test_the_attention_across_frames_takes_the_math_kernel_only_in_compiled_bf16
     assert not math_chosen(clip, cached), "KV-cached streaming was not measured"
     with torch.no_grad():
         assert not math_chosen(clip, clip), "sampling (no autograd) was not measured"
+
+
+@pytest.mark.parametrize(
+    "kwargs, num_images",
+    [({}, 0), ({"patch_embed": "compression"}, 0), ({"variant": 3}, 2), ({"conditioning": "all_tokens"}, 0)],
+)
+def test_every_block_gets_its_tokens_contiguous(kwargs, num_images):
+    """A convolution's output viewed as tokens has d slowest in memory; every block must see its tokens
+    (b, t, l, d) contiguous, or each LayerNorm copies them and each residual add runs strided."""
+    torch.manual_seed(0)
+    model = Latte(size="tiny", input_size=8, num_frames=4, **kwargs)
+    layouts = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda _, args: layouts.append(args[0].is_contiguous()))
+    model(torch.randn(2, 4 + num_images, 4, 8, 8), torch.tensor([3, 7]), num_images=num_images)
+    assert len(layouts) == len(model.blocks) and all(layouts), f"blocks saw strided tokens: {layouts}"
