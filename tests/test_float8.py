@@ -132,6 +132,12 @@ def test_float8_inference_linear_is_rowwise_float8_and_requantizes_what_it_loads
     assert torch.equal(fp8.weight.view(torch.uint8), from_bf16.weight.view(torch.uint8)), (
         "an fp32 weight quantizes as its bf16 copy does"
     )
+    assigned = Float8InferenceLinear(torch.nn.Linear(64, 96))
+    assigned.load_state_dict(linear.state_dict(), assign=True)  # the source's tensors become the buffers
+    assert assigned.bias.dtype == torch.bfloat16 and assigned.weight_scale.is_contiguous()
+    assert torch.equal(assigned(x), fp8(x)), "assign=True loads what a copying load does"
+    empty = fp8(torch.zeros(0, 5, 64, dtype=torch.bfloat16))  # no tokens, e.g. an image-free slice
+    assert empty.shape == (0, 5, 96) and empty.dtype == torch.bfloat16
 
 
 def test_float8_sampling_quantizes_the_copy_only_and_follows_fp32_within_float8_error():

@@ -97,14 +97,18 @@ class Float8InferenceLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
         """Quantize a full-precision ``weight`` (a Linear's) as it loads; a float8 one loads as it is."""
-        weight = state_dict.get(prefix + "weight")
+        weight, bias = state_dict.get(prefix + "weight"), state_dict.get(prefix + "bias")
         if weight is not None and weight.dtype != FLOAT8:
             state_dict[prefix + "weight"], scale = self.quantize(weight)  # (n, k), (n, 1)
-            state_dict[prefix + "weight_scale"] = scale.t()  # (1, n)
+            state_dict[prefix + "weight_scale"] = scale.t().contiguous()  # (1, n)
+        if bias is not None:  # bf16 as _scaled_mm's bf16 out needs, also where load_state_dict(assign=True)
+            state_dict[prefix + "bias"] = bias.to(torch.bfloat16)  # (n,)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., k) -> (..., n) in bf16."""
+        if x.numel() == 0:  # _scaled_mm refuses the scales (0, 1) of no tokens
+            return x.new_zeros(*x.shape[:-1], self.out_features, dtype=torch.bfloat16)  # (..., n)
         tokens, scale = rowwise_float8(x.reshape(-1, self.in_features))  # (m, k) e4m3, (m, 1)
         out = torch._scaled_mm(
             tokens,
