@@ -27,6 +27,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from backbones import frame_attention
 from backbones.layers import (
     LabelEmbedder,
     Mlp,
@@ -371,6 +372,8 @@ def sdpa(
 def across_frames_kernels(q: torch.Tensor, k: torch.Tensor) -> tuple[SDPBackend, ...] | None:
     """SDPA kernels across frames: the math kernel where it was measured faster, else torch's choice.
 
+    Only for what the fused kernel (backbones/frame_attention.py) does not take, e.g. RoPE in compiled bf16.
+
     Measured (bench/attention_backends.py, one H100): compiled bf16 training at Latte-XL/2's 1,280 sequences
     of 16 frames, where the math kernel's two batched matmuls and softmax took 1.68 ms fwd + bwd per block
     against 1.98 for forced cuDNN and 2.08 for torch's choice, and the step 2.4% less. Eager it is slower;
@@ -419,7 +422,13 @@ class Attention(nn.Module):
         """The clip's frames attend to the frames they see: qkv (3, b, h, f, l, e) -> (b, h, f, l, e).
 
         With a cache `kv`, the cached frames' keys and values come first, and the new frames' join them.
+        Whole bidirectional clips without RoPE go through one fused kernel where it runs (CUDA, bf16/fp16:
+        backbones/frame_attention.py), which reads q, k, v in place; the rest through SDPA.
         """
+        tokens = qkv.permute(1, 3, 4, 0, 2, 5)  # (b, f, l, 3, h, e): the qkv projection's layout, a view
+        plain = kv is None and frames.mask is None and self.rope is None and self.time_backends is None
+        if plain and frame_attention.supports(tokens):  # no regrouping: one fused kernel fwd and bwd
+            return frame_attention.attend_across_frames(tokens).permute(0, 3, 1, 2, 4)  # (b, h, f, l, e)
         b = qkv.shape[1]
         q, k, v = rearrange(qkv, "three b h f l e -> three (b l) h f e")  # (b*l, h, f, e)
         q, k = self.rotate(q, frames.offset), self.rotate(k, frames.offset)  # (b*l, h, f, e)

@@ -56,6 +56,37 @@ def test_backbone_bf16_autocast_matches_fp32():
     assert rel < 2e-2, f"bf16 autocast deviates by {rel:.3e} (relative L2) from fp32"
 
 
+def test_fused_attention_across_frames_is_as_close_to_fp32_as_bf16_sdpa_eager_and_compiled():
+    """backbones/frame_attention.py in bf16 at Latte-XL/2's head size, eager and compiled, fwd + bwd."""
+    import torch.nn.functional as F
+
+    from backbones.frame_attention import attend_across_frames
+
+    def sdpa(qkv: torch.Tensor) -> torch.Tensor:  # (b, f, l, 3, h, e) -> (b, f, l, h, e), torch's kernel
+        q, k, v = qkv.permute(3, 0, 2, 4, 1, 5).unbind(0)  # (b, l, h, f, e)
+        return F.scaled_dot_product_attention(q, k, v).permute(0, 3, 1, 2, 4)
+
+    torch.manual_seed(0)
+    b, f, n, h, e = 2, 16, 64, 4, 72
+    source = torch.randn(b, f, n, 3 * h * e, device="cuda")
+    grad_out = torch.randn(b, f, n, h, e, device="cuda")
+
+    def run(attend, dtype):
+        fused = source.to(dtype, copy=True).requires_grad_()
+        out = attend(fused.view(b, f, n, 3, h, e))
+        out.backward(grad_out.to(dtype))
+        return out.float(), fused.grad.float()
+
+    ref, ref_grad = run(sdpa, torch.float32)
+    _, bf16_grad = run(sdpa, torch.bfloat16)
+    bf16_out = run(sdpa, torch.bfloat16)[0]
+    error = lambda x, y: ((x - y).norm() / y.norm()).item()
+    for attend in (attend_across_frames, torch.compile(attend_across_frames, fullgraph=True)):
+        out, grad = run(attend, torch.bfloat16)
+        assert error(out, ref) < 1.5 * error(bf16_out, ref) + 1e-4
+        assert error(grad, ref_grad) < 1.5 * error(bf16_grad, ref_grad) + 1e-4
+
+
 def ddim_on_a_random_latte_s():
     """(run(sampler) -> samples from fixed noise, the model): a perturbed Latte-S/2 on the GPU, 16 x 32²."""
     from diffusion import GaussianDiffusion
