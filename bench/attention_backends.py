@@ -7,7 +7,8 @@ and the rearrange back, as the model runs them, from the fused qkv linear's outp
 backend forced, eager and compiled. Part 2 times the whole ``bench/train_throughput.py`` step (fwd + bwd
 + fused AdamW, bf16 autocast) with the attention across frames forced to each backend
 (``TemporalAttention.time_backends``) and the attention within frames left to torch; row ``model`` is the
-model's own choice (``backbones.latte.across_frames_kernels``: the math kernel when compiled).
+model's own choice: across frames the fused Triton kernel of ``backbones/frame_attention.py`` (bf16 on CUDA,
+no regrouping of q, k, v), within frames torch's.
 
     python bench/attention_backends.py                      # on a GPU
     python bench/attention_backends.py --size tiny --input-size 8 --frames 4 --batch 2 --reps 2 \
@@ -32,8 +33,8 @@ from backbones import Latte  # noqa: E402
 from backbones.latte import LATTE_SIZES, Frames, TemporalAttention, attend_within_frames  # noqa: E402
 from bench.train_throughput import DEVICE, add_shape_arguments, measure, sync  # noqa: E402
 
-BACKENDS = {  # "model": the model's own choice (across frames: backbones.latte.across_frames_kernels;
-    # within frames: torch's, cuDNN first on sm90); the others force one kernel
+BACKENDS = {  # "model": the model's own choice (across frames: backbones/frame_attention.py's fused kernel;
+    # within frames: torch's, cuDNN first on sm90); the others force one SDPA kernel
     "model": None,
     "cudnn": (SDPBackend.CUDNN_ATTENTION,),
     "flash": (SDPBackend.FLASH_ATTENTION,),

@@ -228,3 +228,11 @@ echo "== compare each with the earlier eager run offline (bench.train_loop.curve
 python3 bench/train_loop.py --steps ${LF_STEPS:-1800} --warmup 20 --modes eager --time-backend $backend \
   --json "$OUT"/loss_floor_$backend.json 2>&1 | grep -E "^\||^device|Error"
 fi
+
+if [[ $what == *fused-frames* ]]; then
+echo "== issue #14 item 1: the fused Triton attention across frames (backbones/frame_attention.py): GPU tests, then"
+echo "== its fwd + bwd against SDPA's kernels at Latte-XL/2's shape, and the whole step against the math kernel"
+python3 -m pytest -q -m gpu tests/test_gpu.py -k "fused or compiled_bf16_training" -p no:cacheprovider 2>&1 | tail -3
+python3 bench/attention_backends.py --backends model cudnn math --step-backends model math \
+  --json "$OUT"/attention_fused.json 2>&1 | grep -E "^\||^device|Error"
+fi

@@ -4,10 +4,9 @@ The step of ``bench/train_throughput.py`` (16 x 4 x 32 x 32 latents, batch 5, bf
 weights, fused AdamW, Latte's mse + vb loss) runs compiled under ``torch.profiler``; every GPU kernel is
 put in one class by its name (matmul, attention, compiler-fused elementwise, optimizer, copies, other) and
 the table gives each class's milliseconds per step and share. A second table times the eager and the
-compiled step with each SDPA backend forced first (``sdpa_kernel(..., set_priority=True)``). In the profile,
-compiled bf16 training runs the attention across frames through SDPA's math kernel
-(``backbones.latte.across_frames_kernels``): its batched matmuls count as matmul, its softmax as fused
-elementwise.
+compiled step with each SDPA backend forced first (``sdpa_kernel(..., set_priority=True)``), across frames
+too. The profile runs the model's own choice: bf16 on a GPU attends across frames through the fused Triton
+kernels of ``backbones/frame_attention.py`` (``_attention_across_frames_*``: the attention class).
 
     python bench/train_profile.py                       # on a GPU
     python bench/train_profile.py --eager --backends "" # the eager step's profile alone
@@ -160,7 +159,7 @@ def main() -> None:
         order = [backends[name], *[b for b in backends.values() if b != backends[name]]]
         for compiled in (False, True) if DEVICE.type == "cuda" else (False,):
             torch._dynamo.reset()
-            Attention.time_backends = order  # across frames too (compiled, the model picks its own there)
+            Attention.time_backends = order  # across frames too: SDPA instead of the fused kernel
             with sdpa_kernel(order, set_priority=True):
                 seconds = time_step(build_step(args, compiled), args.warmup, args.steps)
             Attention.time_backends = None
