@@ -13,10 +13,12 @@ writes dq, dk and dv into one gradient laid out like the fused projection's outp
 FlashAttention's: bf16/fp16 operands, fp32 scores, softmax and accumulation, the probabilities rounded to
 the input dtype before they multiply v.
 
-`supports(qkv)` says where it runs: CUDA (or, fp16 only, Triton's CPU interpreter: the tests), bf16/fp16,
-at most 64 frames of at most 128 channels per head; everything else is for SDPA (backbones/latte.py).
+`supports(qkv)` says where it runs: a CUDA GPU of compute capability 8.0 or later (or, fp16 only, Triton's CPU
+interpreter: the tests), bf16/fp16, at most 64 frames of at most 128 channels per head; everything else is
+for SDPA (backbones/latte.py).
 """
 
+import contextlib
 import math
 import os
 
@@ -30,15 +32,24 @@ except ImportError:  # no Triton (e.g. macOS wheels): SDPA everywhere
 
 MAX_FRAMES = 64  # the f x f scores of one program stay in registers
 MAX_HEAD_DIM = 128
+# Triton read this when it defined the kernels below: they run on the CPU, in its interpreter (the tests)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@torch.compiler.assume_constant_result  # a constant in a compiled graph, not a graph break
+def _has_tensor_cores(device_index: int) -> bool:
+    """Whether that GPU multiplies bf16 and fp16 tiles on tensor cores, as Triton's tl.dot needs: Ampere+."""
+    return torch.cuda.get_device_properties(device_index).major >= 8
 
 
 def supports(qkv: torch.Tensor) -> bool:
     """Whether the fused kernel can attend fused q, k, v (b, f, l, 3, h, e) across frames."""
     if triton is None or qkv.dtype not in (torch.bfloat16, torch.float16) or qkv.stride(-1) != 1:
         return False
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"  # Triton runs the kernels on the CPU (tests)
-    # its interpreter multiplies bf16 tiles as the integers they are stored in (Triton 3.8): fp16 only there
-    on_device = qkv.is_cuda or (qkv.device.type == "cpu" and interpreted and qkv.dtype == torch.float16)
+    if qkv.is_cuda:
+        on_device = _has_tensor_cores(qkv.device.index)
+    else:  # the interpreter multiplies bf16 tiles as the integers they are stored in (Triton 3.8): fp16 only
+        on_device = qkv.device.type == "cpu" and INTERPRETED and qkv.dtype == torch.float16
     return on_device and 1 <= qkv.shape[1] <= MAX_FRAMES and qkv.shape[-1] <= MAX_HEAD_DIM
 
 
@@ -47,7 +58,7 @@ def attend_across_frames(qkv: torch.Tensor) -> torch.Tensor:
 
     `qkv` may be any view with contiguous channels (e.g. some heads, or some frames, of a longer tensor).
     """
-    assert supports(qkv), "fused attention across frames needs CUDA, bf16/fp16, f <= 64, e <= 128"
+    assert supports(qkv), "fused attention across frames needs sm80+, bf16/fp16, f <= 64, e <= 128"
     return torch.ops.latte_lab.attend_across_frames(qkv)[0]  # (b, f, l, h, e)
 
 
@@ -140,6 +151,11 @@ def _blocks(f: int, e: int) -> dict:
     return dict(F=f, E=e, **tiles, num_warps=WARPS)
 
 
+def _on(device: torch.device):
+    """Launch on the tensors' GPU: Triton launches on the current one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 #################################################################################
 #                   The Custom Operator (eager, compile, autograd)              #
 #################################################################################
@@ -148,13 +164,16 @@ def _blocks(f: int, e: int) -> dict:
 @torch.library.custom_op("latte_lab::attend_across_frames", mutates_args=())
 def _attend(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """qkv (b, f, l, 3, h, e) -> the output (b, f, l, h, e), its scores' log-sum-exp (b, l, h, f) fp32."""
+    assert qkv.dim() == 6 and qkv.shape[3] == 3 and qkv.stride(-1) == 1, "(b, f, l, 3, h, e), channels dense"
     b, f, locs, _, h, e = qkv.shape
     out = qkv.new_empty(b, f, locs, h, e)
     lse = qkv.new_empty(b, locs, h, f, dtype=torch.float32)
-    if out.numel():
-        _attention_across_frames_forward[(b * locs * h,)](
-            qkv, out, lse, *qkv.stride()[:5], *out.stride()[:4], locs, h, 1 / math.sqrt(e), **_blocks(f, e),
-        )  # fmt: skip
+    if out.numel():  # a grid of no programs is not launched
+        with _on(qkv.device):
+            _attention_across_frames_forward[(b * locs * h,)](
+                qkv, out, lse, *qkv.stride()[:5], *out.stride()[:4],
+                locs, h, 1 / math.sqrt(e), **_blocks(f, e),
+            )  # fmt: skip
     return out, lse
 
 
@@ -172,11 +191,12 @@ def _attend_backward(
     b, f, locs, _, h, e = qkv.shape
     grad = qkv.new_empty(qkv.shape)
     if grad.numel():
-        _attention_across_frames_backward[(b * locs * h,)](
-            qkv, out, grad_out, lse, grad,
-            *qkv.stride()[:5], *out.stride()[:4], *grad_out.stride()[:4], *grad.stride()[:5],
-            locs, h, 1 / math.sqrt(e), **_blocks(f, e),
-        )  # fmt: skip
+        with _on(qkv.device):
+            _attention_across_frames_backward[(b * locs * h,)](
+                qkv, out, grad_out, lse, grad,
+                *qkv.stride()[:5], *out.stride()[:4], *grad_out.stride()[:4], *grad.stride()[:5],
+                locs, h, 1 / math.sqrt(e), **_blocks(f, e),
+            )  # fmt: skip
     return grad
 
 
