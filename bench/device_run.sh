@@ -236,3 +236,11 @@ python3 -m pytest -q -m gpu tests/test_gpu.py -k "fused or compiled_bf16_trainin
 python3 bench/attention_backends.py --backends model cudnn math --step-backends model math \
   --json "$OUT"/attention_fused.json 2>&1 | grep -E "^\||^device|Error"
 fi
+
+if [[ $what == *kernel-guards* ]]; then
+echo "== the fused attention's GPU tests (bf16 and fp16, eager and compiled; the 2-GPU device test where 2 are"
+echo "== visible), then where the compiled train.py loop's step goes beyond the bare step's (3 profiled steps)"
+python3 -m pytest -q -m gpu tests/test_gpu.py -k fused -p no:cacheprovider 2>&1 | tail -3
+python3 bench/train_loop.py --modes compiled --steps 40 --warmup 15 --profile "$OUT"/loop_profile \
+  --json "$OUT"/loop_profiled.json 2>&1 | grep -E "^\||^device|Error"
+fi
