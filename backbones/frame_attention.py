@@ -84,6 +84,14 @@ if triton is not None:
         return X + b * x_b + loc * x_l + h * x_h + frame[:, None] * x_f + channel[None, :]
 
     @triton.jit
+    def _qkv(at, s_three, mask):
+        """The head's q, k, v tiles (FB, EB) from its q pointers, zero outside the frames and channels."""
+        q = tl.load(at, mask=mask, other=0.0)
+        k = tl.load(at + s_three, mask=mask, other=0.0)
+        v = tl.load(at + 2 * s_three, mask=mask, other=0.0)
+        return q, k, v
+
+    @triton.jit
     def _attention_across_frames_forward(
         QKV, OUT, LSE,
         s_b, s_f, s_l, s_three, s_h,  # qkv (b, f, l, 3, h, e) strides, e's is 1
@@ -93,10 +101,7 @@ if triton is not None:
     ):  # fmt: skip
         """Program (b*L + loc)*H + h: softmax(q k^T * scale) v over the F frames; saves the log-sum-exp."""
         b, loc, h, frame, channel, real, mask = _tile(L, H, F, E, FB, EB)
-        at = _at(QKV, b, loc, h, frame, channel, s_b, s_f, s_l, s_h)
-        q = tl.load(at, mask=mask, other=0.0)  # (FB, EB), zero outside the frames and channels
-        k = tl.load(at + s_three, mask=mask, other=0.0)
-        v = tl.load(at + 2 * s_three, mask=mask, other=0.0)
+        q, k, v = _qkv(_at(QKV, b, loc, h, frame, channel, s_b, s_f, s_l, s_h), s_three, mask)  # (FB, EB)
         s = tl.dot(q, tl.trans(k)) * scale  # (FB, FB) fp32 scores
         s = tl.where(real[None, :], s, float("-inf"))  # padded frames are no keys
         top = tl.max(s, 1)
@@ -119,10 +124,7 @@ if triton is not None:
     ):  # fmt: skip
         """Program (b*L + loc)*H + h: dq, dk, dv of one head at one location, the scores recomputed."""
         b, loc, h, frame, channel, real, mask = _tile(L, H, F, E, FB, EB)
-        at = _at(QKV, b, loc, h, frame, channel, s_b, s_f, s_l, s_h)
-        q = tl.load(at, mask=mask, other=0.0)  # (FB, EB)
-        k = tl.load(at + s_three, mask=mask, other=0.0)
-        v = tl.load(at + 2 * s_three, mask=mask, other=0.0)
+        q, k, v = _qkv(_at(QKV, b, loc, h, frame, channel, s_b, s_f, s_l, s_h), s_three, mask)  # (FB, EB)
         o = tl.load(_at(OUT, b, loc, h, frame, channel, o_b, o_f, o_l, o_h), mask=mask, other=0.0)
         do = tl.load(_at(DOUT, b, loc, h, frame, channel, g_b, g_f, g_l, g_h), mask=mask, other=0.0)
         lse = tl.load(LSE + ((b * L + loc) * H + h) * F + frame, mask=real, other=0.0)

@@ -422,7 +422,7 @@ class Attention(nn.Module):
         """The clip's frames attend to the frames they see: qkv (3, b, h, f, l, e) -> (b, h, f, l, e).
 
         With a cache `kv`, the cached frames' keys and values come first, and the new frames' join them.
-        Whole bidirectional clips without RoPE go through one fused kernel where it runs (CUDA, bf16/fp16:
+        Whole bidirectional clips without RoPE go through one fused kernel where it runs (bf16/fp16 on sm80+:
         backbones/frame_attention.py), which reads q, k, v in place; the rest through SDPA.
         """
         tokens = qkv.permute(1, 3, 4, 0, 2, 5)  # (b, f, l, 3, h, e): the qkv projection's layout, a view

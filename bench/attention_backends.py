@@ -7,8 +7,8 @@ and the rearrange back, as the model runs them, from the fused qkv linear's outp
 backend forced, eager and compiled. Part 2 times the whole ``bench/train_throughput.py`` step (fwd + bwd
 + fused AdamW, bf16 autocast) with the attention across frames forced to each backend
 (``TemporalAttention.time_backends``) and the attention within frames left to torch; row ``model`` is the
-model's own choice: across frames the fused Triton kernel of ``backbones/frame_attention.py`` (bf16 on CUDA,
-no regrouping of q, k, v), within frames torch's.
+model's own choice: across frames the fused Triton kernel of ``backbones/frame_attention.py`` (bf16/fp16 on
+sm80+, no regrouping of q, k, v), within frames torch's.
 
     python bench/attention_backends.py                      # on a GPU
     python bench/attention_backends.py --size tiny --input-size 8 --frames 4 --batch 2 --reps 2 \
