@@ -181,6 +181,10 @@ class GaussianDiffusion(Objective):
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
             "alphas_cumprod_prev": alphas_cumprod_prev,
+            "alphas_cumprod_after_clean": np.append(
+                1.0, alphas_cumprod
+            ),  # index t + 1 is abar_t; 0 is x0's 1
+            "one_minus_alphas_cumprod": 1.0 - alphas_cumprod,
             "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
             "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
             "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
@@ -199,7 +203,8 @@ class GaussianDiffusion(Objective):
             "fixed_large_variance": np.append(posterior_variance[1], betas[1:]),
         }
         for name, values in schedule.items():
-            setattr(self, name, torch.from_numpy(values))  # float64, CPU; cast per call by _extract
+            setattr(self, name, torch.from_numpy(values))  # float64, CPU; _extract reads a copy on x's device
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}  # (table name, device) -> copy
 
     def __repr__(self) -> str:
         return (
@@ -219,21 +224,31 @@ class GaussianDiffusion(Objective):
             prediction=self.prediction,
         )
 
-    @staticmethod
-    def _extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Float64 schedule ``values`` at indices ``t`` (b,) or (b, f), to broadcast over x, in x's dtype."""
+    def _on(self, table: str, device: torch.device) -> torch.Tensor:
+        """This diffusion's CPU table ``table`` (an attribute name) on ``device``, copied there once.
+
+        important! Copied per call, each table would cost a host-device synchronisation (a blocking copy from
+        pageable memory), 15 per Latte training step, each leaving the GPU idle while the host catches up
+        (bench/RESULTS.md, "Host waits").
+        """
+        key = (table, torch.device(device))
+        if key not in self._on_device:
+            self._on_device[key] = getattr(self, table).to(device)
+        return self._on_device[key]
+
+    def _extract(self, table: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Float64 schedule ``table`` at indices ``t`` (b,) or (b, f), to broadcast over x, in x's dtype."""
         assert x.ndim == 5, f"diffusion tensors are videos of shape (b, f, c, h, w), got {tuple(x.shape)}"
-        out = values.to(x.device)[t.to(x.device)].to(x.dtype)
+        out = self._on(table, x.device)[t.to(x.device)].to(x.dtype)
         return out.view(*t.shape, *[1] * (x.ndim - t.ndim))  # (b, 1, 1, 1, 1), or (b, f, 1, 1, 1) per frame
 
     def _alpha_bar(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """abar at indices ``t`` >= -1, where index -1 (the clean latents) has abar = 1."""
-        padded = torch.cat([torch.ones(1, dtype=self.alphas_cumprod.dtype), self.alphas_cumprod])
-        return self._extract(padded, t + 1, x)
+        return self._extract("alphas_cumprod_after_clean", t + 1, x)
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original timesteps for respaced indices ``t`` (what the model is conditioned on; no rescaling)."""
-        return self.timestep_map.to(t.device)[t]
+        return self._on("timestep_map", t.device)[t]
 
     def sample_t(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
@@ -249,17 +264,17 @@ class GaussianDiffusion(Objective):
         self, x0: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and log-variance of q(x_t | x_0)."""
-        mean = self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-        variance = self._extract(1.0 - self.alphas_cumprod, t, x0).expand_as(x0)
-        log_variance = self._extract(self.log_one_minus_alphas_cumprod, t, x0).expand_as(x0)
+        mean = self._extract("sqrt_alphas_cumprod", t, x0) * x0
+        variance = self._extract("one_minus_alphas_cumprod", t, x0).expand_as(x0)
+        log_variance = self._extract("log_one_minus_alphas_cumprod", t, x0).expand_as(x0)
         return mean, variance, log_variance
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
         assert noise.shape == x0.shape, "noise must have the shape of x0"
         return (
-            self._extract(self.sqrt_alphas_cumprod, t, x0) * x0
-            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            self._extract("sqrt_alphas_cumprod", t, x0) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
         )
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -272,11 +287,11 @@ class GaussianDiffusion(Objective):
         """Mean, variance and clipped log-variance of the posterior q(x_{t-1} | x_t, x_0)."""
         assert x0.shape == x_t.shape, "x0 and x_t must have the same shape"
         mean = (
-            self._extract(self.posterior_mean_coef1, t, x_t) * x0
-            + self._extract(self.posterior_mean_coef2, t, x_t) * x_t
+            self._extract("posterior_mean_coef1", t, x_t) * x0
+            + self._extract("posterior_mean_coef2", t, x_t) * x_t
         )
-        variance = self._extract(self.posterior_variance, t, x_t).expand_as(x_t)
-        log_variance = self._extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+        variance = self._extract("posterior_variance", t, x_t).expand_as(x_t)
+        log_variance = self._extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
         return mean, variance, log_variance
 
     #################################################################################
@@ -295,8 +310,8 @@ class GaussianDiffusion(Objective):
                 f"{expected}, got {tuple(model_output.shape)}"
             )
             out, v = model_output.split(c, dim=2)  # (b, f, c, h, w) each
-            min_log = self._extract(self.posterior_log_variance_clipped, t, x)
-            max_log = self._extract(self.log_betas, t, x)
+            min_log = self._extract("posterior_log_variance_clipped", t, x)
+            max_log = self._extract("log_betas", t, x)
             frac = (v + 1) / 2  # v in [-1, 1] interpolates between beta_tilde_t and beta_t (log space)
             log_variance = frac * max_log + (1 - frac) * min_log
             variance = torch.exp(log_variance)
@@ -306,7 +321,7 @@ class GaussianDiffusion(Objective):
                 f"got {tuple(model_output.shape)}"
             )
             out = model_output
-            variance = self._extract(self.fixed_large_variance, t, x).expand_as(x)
+            variance = self._extract("fixed_large_variance", t, x).expand_as(x)
             log_variance = torch.log(variance)
         pred_xstart = self.to_x0(out, x, t)
         eps = out
@@ -329,15 +344,14 @@ class GaussianDiffusion(Objective):
         if self.prediction == "x0":
             return out
         return (
-            self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - self._extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * out
+            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * out
         )
 
     def to_eps(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The eps that x_t and a clean ``x0`` imply: (x_t / sqrt(abar_t) - x0) / sqrt(1 / abar_t - 1)."""
-        return (self._extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self._extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
-        )
+        scale = self._extract("sqrt_recip_alphas_cumprod", t, x_t)  # (b, 1, 1, 1, 1)
+        return (scale * x_t - x0) / self._extract("sqrt_recipm1_alphas_cumprod", t, x_t)
 
     def p_mean_variance(
         self,
@@ -432,8 +446,8 @@ class GaussianDiffusion(Objective):
     ) -> dict[str, torch.Tensor]:
         """One DDIM step from index t to t-1 of this grid, using only the model's eps (eta=0: no noise)."""
         p = self.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
-        alpha_bar = self._extract(self.alphas_cumprod, t, x)
-        alpha_bar_prev = self._extract(self.alphas_cumprod_prev, t, x)
+        alpha_bar = self._extract("alphas_cumprod", t, x)
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x)
         sample = self._ddim_update(p, x, alpha_bar, alpha_bar_prev, eta, noise_prior, generator)
         return {"sample": sample, "pred_xstart": p["pred_xstart"]}
 
