@@ -10,7 +10,7 @@ wheels=/tmp/site/.installed-$(ls .whl | sha256sum | cut -c1-16)   # once per mac
 ) 9>/tmp/site.lock && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve compile-modes fp8-sampling eager-profile loss-floor
+what=${*:-tests quickstart throughput loop variants fvd}   # sections: tests quickstart throughput loop variants fvd stream-tests stream-eager stream-compiled scaling-latte ddp-tuning scaling-fsdp scaling-pair twonodes preempt profile-4gpu fsdp-gather sampler-quality scaling-compiled attention float8 evaluate-wall loss-curve compile-modes fp8-sampling eager-profile loss-floor kernel-guards syncs host-ab
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, hydra, diffusers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'diffusers', diffusers.__version__)"
 
@@ -242,5 +242,30 @@ echo "== the fused attention's GPU tests (bf16 and fp16, eager and compiled; the
 echo "== visible), then where the compiled train.py loop's step goes beyond the bare step's (3 profiled steps)"
 python3 -m pytest -q -m gpu tests/test_gpu.py -k fused -p no:cacheprovider 2>&1 | tail -3
 python3 bench/train_loop.py --modes compiled --steps 40 --warmup 15 --profile "$OUT"/loop_profile \
-  --json "$OUT"/loop_profiled.json 2>&1 | grep -E "^\||^device|Error"
+  --syncs "$OUT"/loop_syncs --json "$OUT"/loop_profiled.json 2>&1 | grep -E "^\||^device|Error"
+fi
+
+if [[ $what == *syncs* ]]; then
+echo "== where the compiled train.py loop waits for the GPU with train.py's own progress bar and loss curve"
+python3 bench/train_loop.py --modes compiled --steps 60 --warmup 15 --syncs "$OUT"/default_syncs \
+  --json "$OUT"/loop_default_callbacks.json --overrides trainer.enable_progress_bar=true \
+  +callbacks.loss_curve._target_=callbacks.LossCurve +callbacks.loss_curve.path=/tmp/loss_curve.png \
+  2>&1 | grep -E "^\||^device|Error"
+fi
+
+if [[ $what == *host-ab* ]]; then  # HOST_AB_OLD: a tree of the code before, with this bench/train_loop.py
+echo "== host waits of the compiled train.py loop: the code before (${HOST_AB_OLD:-old_head}) against this, each"
+echo "== with the bench's callbacks, then with train.py's progress bar and loss curve too (a census of 3 steps)"
+python3 -m pytest -q -m gpu tests/test_gpu.py -k host_wait -p no:cacheprovider 2>&1 | tail -3
+for tree in "${HOST_AB_OLD:-old_head}" .; do
+  name=$(basename "$(realpath "$tree")")
+  for callbacks in bench train.py; do
+    extra=(); [[ $callbacks == train.py ]] && extra=(trainer.enable_progress_bar=true
+      +callbacks.loss_curve._target_=callbacks.LossCurve +callbacks.loss_curve.path=/tmp/loss_curve.png)
+    echo "-- $name, $callbacks callbacks"
+    (cd "$tree" && PYTHONPATH=/tmp/site:$PWD python3 bench/train_loop.py --modes compiled --steps 60 --warmup 15 \
+      --syncs "$OUT"/syncs_${name}_$callbacks --json "$OUT"/loop_${name}_$callbacks.json --overrides "${extra[@]}" \
+      2>&1 | grep -E "^\||Error")
+  done
+done
 fi

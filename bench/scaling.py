@@ -135,7 +135,7 @@ def main() -> None:
     )
     parser.add_argument("--gpus", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=15, help="steps left out of the median (compilation)")
+    parser.add_argument("--warmup", type=int, default=15, help="steps left out of the mean (compilation)")
     modes = ["eager", "compiled", "compiled-whole"]
     parser.add_argument("--modes", nargs="+", default=modes, choices=modes)
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every run")
@@ -164,7 +164,7 @@ def main() -> None:
         efficiency = f"{100 * r['samples_per_s'] / (r['gpus'] * base):.1f}%" if base else "-"
         print(
             f"| {r['model']} | {r['trainer']} | {r['gpus']} | {r['mode']} | {r['samples_per_s']:.1f} | "
-            f"{efficiency} | {r['median_step_ms']:.1f} | {r['peak_gib']:.1f} | {r['variant']} |"
+            f"{efficiency} | {r['step_ms']:.1f} | {r['peak_gib']:.1f} | {r['variant']} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -5,6 +5,9 @@ config through ``utils.run.train`` (Lightning loop, DataLoader workers, the EMA 
 paper's model (Latte-XL/2) at the paper's token count. No SD VAE file is needed: ``autoencoder=identity``
 on 16 x 32² pixel clips gives the 16 x 256 tokens per video that 16 x 256² video has in SD-VAE latents (3
 channels instead of 4). Validation, sampling and checkpoints are off so that only training steps are timed.
+A step's time is the mean over the steps after ``--warmup``, run back to back as in training: the timer waits
+for the GPU only where the timed steps start and end. ``--syncs`` adds a census of where the host waits for
+the GPU within a step (each wait drains the GPU's queue; bench/RESULTS.md, "Host waits").
 Mode ``compiled`` is ``module.compile=true`` (each block compiled); ``compiled-whole`` compiles the whole
 backbone in one ``torch.compile`` instead, for comparison.
 
@@ -37,6 +40,8 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -65,27 +70,120 @@ PAPER_SHAPE = [  # after experiment=latte_synthetic: Latte-XL/2, AdamW 1e-4, EMA
 ]
 
 
-class StepTimer(Callback):
-    """Wall time and loss of every training batch (device synchronised), written to ``path`` at the end."""
+def sync() -> None:
+    """Wait for the GPU's queued work (a host clock then reads the time it took)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
-    def __init__(self, path: str):
-        self.path, self.times, self.losses = Path(path), [], []
+
+class StepTimer(Callback):
+    """Mean wall time of the training steps after the first ``skip``, the first step's, and every step's loss.
+
+    It waits for the GPU three times only: around the first step (compilation) and when step ``skip`` starts
+    and the last one ends. Waiting around every step would time a loop that no training run is: each wait
+    drains the GPU's queue, which then idles while the host runs the loop's own work between steps. The losses
+    stay on the device until training ends, for the same reason.
+    """
+
+    def __init__(self, path: str, skip: int):
+        self.path, self.skip, self.losses = Path(path), skip, []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
+        if len(self.losses) in (0, self.skip):
+            sync()
+            self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # {}: manual optimization
         # (with gradient accumulation Lightning hands over the loss divided by accumulate_grad_batches)
-        self.losses.append(float(loss) if loss is not None else float("nan"))
+        self.losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float("nan")))
+        if len(self.losses) == 1 or trainer.global_step == trainer.max_steps:
+            sync()
+            seconds = time.perf_counter() - self.start
+            if len(self.losses) == 1:
+                self.first_step_s = seconds
+            else:
+                self.step_s = seconds / (len(self.losses) - self.skip)
 
     def on_train_end(self, trainer, module) -> None:
-        self.path.write_text(json.dumps({"times": self.times, "losses": self.losses}))
+        losses = [float(loss) for loss in self.losses]
+        self.path.write_text(
+            json.dumps({"step_s": self.step_s, "first_step_s": self.first_step_s, "losses": losses})
+        )
+
+
+class SyncCensus(Callback):
+    """Where the host waits for the GPU in ``steps`` training steps after ``skip``, as JSON at ``path``.
+
+    ``torch.cuda.set_sync_debug_mode`` warns at every synchronising CUDA call (``.item()``, ``bool`` of a
+    tensor, a blocking copy to or from the GPU); each is counted per step at the innermost frame outside torch
+    (this project's, Lightning's), with the innermost frame of this project's code that led there. A step runs
+    from one ``on_train_batch_start`` to the next, so the loop's work between steps counts too. Each wait
+    drains the GPU's queue, and the GPU idles until the host has queued the next kernel.
+    """
+
+    MESSAGE = "called a synchronizing CUDA operation"
+    STEPS = 3
+
+    def __init__(self, path: str, skip: int, steps: int = STEPS):
+        self.path, self.skip, self.steps, self.started, self.sites = Path(path), skip, steps, 0, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.started == self.skip:
+            self.warnings = warnings.catch_warnings()
+            self.warnings.__enter__()
+            warnings.simplefilter("always")
+            self.show, warnings.showwarning = warnings.showwarning, self.record
+            if torch.cuda.is_available():  # on the CPU nothing waits: the census stays empty
+                torch.cuda.set_sync_debug_mode("warn")
+        elif self.started == self.skip + self.steps:
+            self.stop(trainer)
+        self.started += 1
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.skip < self.started <= self.skip + self.steps:  # training ended inside the census
+            self.stop(trainer)
+
+    def record(self, message, category, filename, lineno, file=None, line=None) -> None:
+        """Count a sync warning at its site; show any other warning as usual."""
+        if self.MESSAGE not in str(message):
+            return self.show(message, category, filename, lineno, file, line)
+        site = sync_site(traceback.extract_stack()[:-1])
+        self.sites[site] = self.sites.get(site, 0) + 1
+
+    def stop(self, trainer) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.set_sync_debug_mode(0)
+        self.warnings.__exit__(None, None, None)  # restores warnings.showwarning
+        steps = min(self.steps, self.started - self.skip)
+        if trainer.global_rank == 0:
+            per_step = {
+                site: count / steps for site, count in sorted(self.sites.items(), key=lambda kv: -kv[1])
+            }
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"steps": steps, "syncs_per_step": per_step}, indent=2))
+
+
+def sync_site(stack: list[traceback.FrameSummary]) -> str:
+    """``innermost frame outside torch <- innermost frame of this project`` (one of them if they are one),
+    each as ``path:line function`` with the path from the repository root or from site-packages."""
+    torch_dir, here = Path(torch.__file__).parent, Path(__file__).resolve()
+
+    def outside(frame: traceback.FrameSummary) -> bool:
+        path = Path(frame.filename).resolve()
+        return torch_dir not in path.parents and path != here and path.name != "warnings.py"
+
+    def name(frame: traceback.FrameSummary) -> str:
+        path = Path(frame.filename).resolve()
+        short = path.relative_to(ROOT) if ROOT in path.parents else Path(*path.parts[-3:])
+        return f"{short}:{frame.lineno} {frame.name}"
+
+    frames = [frame for frame in reversed(stack) if outside(frame)]
+    ours = next((frame for frame in frames if ROOT in Path(frame.filename).resolve().parents), None)
+    if not frames:
+        return "torch (no frame outside it)"
+    site = name(frames[0])
+    return site if ours is None or ours is frames[0] else f"{site} <- {name(ours)}"
 
 
 def curve_deviation(reference: list[float], losses: list[float], window: int) -> float | None:
@@ -204,8 +302,12 @@ def run(
     overrides: list[str],
     experiment: str = "latte_synthetic",
     profile: Path | None = None,
+    syncs: Path | None = None,
 ) -> dict:
-    """One ``train()`` of ``steps`` steps; the median step after ``warmup`` steps, and the whole wall time."""
+    """One ``train()`` of ``steps`` steps: the mean step after ``warmup`` steps (and after the steps profiled
+    with ``profile`` and then counted with ``syncs``, whose tools slow them), and the whole wall time."""
+    profiled = StepProfiler.STEPS if profile else 0
+    timed_from = warmup + profiled + (SyncCensus.STEPS if syncs else 0)
     with tempfile.TemporaryDirectory() as tmp:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(
@@ -225,6 +327,7 @@ def run(
                     f"paths.output_dir={tmp}/run",
                     "+callbacks.step_timer._target_=bench.train_loop.StepTimer",
                     f"+callbacks.step_timer.path={tmp}/step_times.json",
+                    f"+callbacks.step_timer.skip={timed_from}",
                     *(
                         [
                             "+callbacks.profiler._target_=bench.train_loop.StepProfiler",
@@ -232,6 +335,15 @@ def run(
                             f"+callbacks.profiler.skip={warmup}",
                         ]
                         if profile
+                        else []
+                    ),
+                    *(
+                        [
+                            "+callbacks.census._target_=bench.train_loop.SyncCensus",
+                            f"+callbacks.census.path={syncs.with_suffix(f'.{mode}.json')}",
+                            f"+callbacks.census.skip={warmup + profiled}",
+                        ]
+                        if syncs
                         else []
                     ),
                 ],
@@ -242,8 +354,7 @@ def run(
         metrics = train(cfg)
         wall = time.perf_counter() - start
         recorded = json.loads(Path(tmp, "step_times.json").read_text())
-    times = recorded["times"]
-    step = statistics.median(times[warmup + (StepProfiler.STEPS if profile else 0) :])  # not the profiled
+    step = recorded["step_s"]
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     strategy = cfg.trainer.strategy
     on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
@@ -256,9 +367,9 @@ def run(
         "gpus": world,
         "steps": steps,
         "batch": cfg.data.batch_size,
-        "median_step_ms": 1000 * step,
+        "step_ms": 1000 * step,
         "samples_per_s": world * cfg.data.batch_size / step,  # all ranks together
-        "first_step_s": times[0],
+        "first_step_s": recorded["first_step_s"],
         "wall_s": wall,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else float("nan"),
         "final_loss": metrics.get("train/loss", metrics.get("train/loss_g", float("nan"))),
@@ -271,7 +382,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (compilation)")
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the mean (compilation)")
     parser.add_argument(
         "--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled", "compiled-whole"]
     )
@@ -280,6 +391,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here too, each as soon as it is measured")
     parser.add_argument(
         "--profile", type=Path, help="a GPU profile of 3 steps after warm-up: <path>.<mode>.json"
+    )
+    parser.add_argument(
+        "--syncs",
+        type=Path,
+        help="where the host waits for the GPU in 3 steps after warm-up: <path>.<mode>.json",
     )
     parser.add_argument("--dump-stacks-after", type=float, help="seconds: then print every thread's stack")
     parser.add_argument(
@@ -293,16 +409,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     TemporalAttention.time_backends = BACKENDS[args.time_backend]
-    profiled = StepProfiler.STEPS if args.profile else 0
-    assert args.steps > args.warmup + profiled, (
-        "--steps must exceed --warmup (+ the profiled), or nothing is timed"
+    untimed = (
+        args.warmup + (StepProfiler.STEPS if args.profile else 0) + (SyncCensus.STEPS if args.syncs else 0)
+    )
+    assert args.steps > untimed, (
+        "--steps must exceed --warmup (+ the profiled and counted), or nothing is timed"
     )
     if args.dump_stacks_after:  # a stalled (multi-GPU) run says where each rank waits
         faulthandler.dump_traceback_later(args.dump_stacks_after, exit=False)
     register_resolvers()
     rank, rows = int(os.environ.get("RANK", 0)), []
     for mode in args.modes:
-        rows.append(run(mode, args.steps, args.warmup, args.overrides, args.experiment, args.profile))
+        rows.append(
+            run(mode, args.steps, args.warmup, args.overrides, args.experiment, args.profile, args.syncs)
+        )
         rows[-1]["time_backend"] = args.time_backend  # across frames: "model" is the model's own choice
         if args.json and rank == 0:
             write_rows(args.json, rows)
@@ -314,19 +434,23 @@ def main() -> None:
     if args.json:
         write_rows(args.json, rows)
     print(f"device: {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['date']}")
-    header = (
-        "mode | strategy | GPUs | batch per GPU | median step (ms) | samples/s | first step (s) | wall (s)"
-    )
+    header = "mode | strategy | GPUs | batch per GPU | step (ms) | samples/s | first step (s) | wall (s)"
     curve = f"loss curve vs {reference['mode']}: largest gap of {args.curve_window}-step means"
     print(f"| {header} | peak GiB | loss | {curve} |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gap = "-" if r["curve_deviation"] is None else f"{100 * r['curve_deviation']:.2f}%"
         print(
-            f"| {r['mode']} | {r['strategy']} | {r['gpus']} | {r['batch']} | {r['median_step_ms']:.1f} | "
+            f"| {r['mode']} | {r['strategy']} | {r['gpus']} | {r['batch']} | {r['step_ms']:.1f} | "
             f"{r['samples_per_s']:.1f} | {r['first_step_s']:.1f} | {r['wall_s']:.0f} | {r['peak_gib']:.1f} | "
             f"{r['final_loss']:.4f} | {gap} |"
         )
+    for mode in args.modes if args.syncs else []:
+        census = json.loads(args.syncs.with_suffix(f".{mode}.json").read_text())
+        print(f"\n| {mode}: where the host waits for the GPU | per step ({census['steps']} steps) |")
+        print("|---|---|")
+        for site, count in census["syncs_per_step"].items() or [("none", 0)]:
+            print(f"| `{site}` | {count:g} |")
 
 
 if __name__ == "__main__":

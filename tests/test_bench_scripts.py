@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -140,6 +141,32 @@ def test_train_loop_records_every_steps_loss_and_checks_the_curve_against_a_refe
         "the same curve, 10% under the raised"
     )
     assert "| 9.09% |" in result.stdout
+
+
+def test_sync_census_counts_each_wait_per_step_at_its_site_and_shows_other_warnings(tmp_path, recwarn):
+    """The census of bench/train_loop.py, fed the warning that torch.cuda.set_sync_debug_mode("warn") gives:
+    counted per step at the innermost frame outside torch (here this test's helper); other warnings shown."""
+    from types import SimpleNamespace
+
+    from bench.train_loop import SyncCensus
+
+    census = SyncCensus(str(tmp_path / "syncs.json"), skip=1, steps=2)
+    trainer = SimpleNamespace(global_rank=0)
+
+    def wait_for_the_gpu() -> None:
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+
+    for step in range(4):  # steps 1 and 2 are counted: 3 waits in all
+        census.on_train_batch_start(trainer, None, None, step)
+        for _ in range(1 + step):
+            wait_for_the_gpu()
+        if step == 1:
+            warnings.warn("another warning", UserWarning, stacklevel=1)
+    census = json.loads((tmp_path / "syncs.json").read_text())
+    line = wait_for_the_gpu.__code__.co_firstlineno + 1
+    site = f"tests/test_bench_scripts.py:{line} wait_for_the_gpu"
+    assert census == {"steps": 2, "syncs_per_step": {site: 2.5}}, census
+    assert [str(w.message) for w in recwarn].count("another warning") == 1, "shown, not counted"
 
 
 def test_curve_deviation_is_the_largest_gap_between_window_means():
