@@ -12,14 +12,20 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 class LossCurve(Callback):
     """Records ``key`` after every training step and plots it (raw and smoothed) into ``path``; the history
-    is kept in checkpoints, so the plot of a resumed run covers the whole run."""
+    is kept in checkpoints, so the plot of a resumed run covers the whole run.
 
-    def __init__(self, path: str, key: str = "train/loss", smoothing: int = 20):
+    The values stay on the device and are read in batches of ``read_every`` steps: reading each step's would
+    make the host wait for the GPU every step (bench/RESULTS.md, "Host waits").
+    """
+
+    def __init__(self, path: str, key: str = "train/loss", smoothing: int = 20, read_every: int = 100):
         self.path = Path(path)
         self.key = key
         self.smoothing = smoothing
+        self.read_every = read_every
         self.steps: list[int] = []
-        self.values: list[float] = []
+        self._values: list[float] = []
+        self._unread: list[torch.Tensor] = []  # the latest values, on the device
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx
@@ -27,7 +33,21 @@ class LossCurve(Callback):
         value = trainer.callback_metrics.get(self.key)
         if value is not None:
             self.steps.append(trainer.global_step)
-            self.values.append(float(value))
+            self._unread.append(torch.as_tensor(value).detach().float().reshape(()))
+            if len(self._unread) >= self.read_every:
+                self.read()
+
+    def read(self) -> None:
+        """Read the values still on the device (one wait for all of them)."""
+        if self._unread:
+            self._values += torch.stack(self._unread).tolist()
+            self._unread = []
+
+    @property
+    def values(self) -> list[float]:
+        """Every recorded value, as numbers."""
+        self.read()
+        return self._values
 
     @property
     def state_key(self) -> str:
@@ -43,7 +63,8 @@ class LossCurve(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the history of the run resumed from."""
-        self.steps, self.values = state_dict["steps"].tolist(), state_dict["values"].tolist()
+        self.steps, self._values = state_dict["steps"].tolist(), state_dict["values"].tolist()
+        self._unread = []
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.plot(trainer)

@@ -261,7 +261,7 @@ class AAPTAdapt(AAPTModule):
         self.first_frames.remember(self.latents(batch))
         loss = self.adaptation_losses(batch)["loss"].mean()
         self.check_finite(loss, "train/loss")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -378,7 +378,7 @@ class AAPTDistill(AAPTModule):
         losses = self.distillation_losses(batch)
         loss = losses["loss"].mean()
         self.check_finite(loss, "train/loss")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         self.log("train/distance", losses["distance"].mean())
         return loss
 
@@ -507,7 +507,7 @@ class AAPTGan(AAPTModule):
         fakes, logs = self.generator_step(real, y)
         logs |= self.discriminator_step(real, fakes, y)
         logs["logit_gap"] = logs["logits_real"] - logs["logits_fake"]
-        self.log("train/loss_g", logs.pop("loss_g"), prog_bar=True)
+        self.log("train/loss_g", logs.pop("loss_g"))
         self.log_dict({f"train/{k}": v for k, v in logs.items()})
 
     def sample_frames(self) -> int:

@@ -329,7 +329,7 @@ class APLAFinetune(VideoModule):
         opt_g.step()
         logs["train/loss_hyper"] = out["loss"].detach()
         logs["train/delta_rms"] = out["delta"].detach().pow(2).mean().sqrt()
-        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log("train/loss", loss.detach())
         self.log_dict(logs)
         return loss.detach()
 

@@ -4,8 +4,10 @@
   a module with manual optimization (``automatic_optimization = False``, e.g. a generator and a critic)
   calls ``update_ema()`` itself, right after its generator's ``step()``, and steps its critic under
   ``uncounted(optimizer)``, so that one batch is one ``global_step`` as in automatic optimization;
-- the NaN guard (``check_finite``): a non-finite loss stops the run before the optimizer step, naming the
-  step and the last good checkpoint;
+- the NaN guard (``check_finite``): a non-finite loss stops the run before any checkpoint holds the weights it
+  updated, naming the step and the last good checkpoint, without making the host wait for the GPU;
+  (nor do the modules' per-step logs: none is ``prog_bar=True``, whose values Lightning reads on the host
+  after every step, so the loss is in the loggers and ``loss_curve.png``, not in the progress bar);
 - per-rank reseeding at fit start; every rank's RNG states saved in each checkpoint and restored on resume;
 - the frozen submodules named in ``unsaved`` (the autoencoder, which has its own weights file) are left out
   of checkpoints and filled back in from the module when one is loaded;
@@ -13,11 +15,12 @@
   video and metrics callbacks, sample.py and evaluate.py call.
 
 A subclass that overrides a hook of this file (``on_fit_start``, ``optimizer_step``, ``on_train_start``,
-``on_save_checkpoint``, ``on_load_checkpoint``) calls ``super()`` in it.
+``on_train_end``, ``on_save_checkpoint``, ``on_load_checkpoint``) calls ``super()`` in it.
 """
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -57,6 +60,18 @@ def with_scheduler(
     return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
+def on_host(scalar: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A host copy of a device ``scalar`` and the event after which it holds the value: on a CUDA device, a
+    page-locked buffer that the GPU fills when its queue gets there (the host does not wait); else a copy."""
+    if scalar.device.type != "cuda":
+        return scalar.cpu(), None
+    host = torch.empty((), dtype=scalar.dtype, pin_memory=True)
+    host.copy_(scalar, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
 class VideoModule(LightningModule):
     """Base of the framework's LightningModules: EMA, NaN guard, RNG streams, checkpoint rules, sampling."""
 
@@ -72,6 +87,7 @@ class VideoModule(LightningModule):
         self.ema_decay = ema_decay
         self.ema_of: str | None = None  # the name of the submodule that `self.ema` averages (add_ema)
         self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
+        self._unchecked: list[tuple] = []  # the NaN guard's losses not read yet: (name, step, value, ready)
 
     def configure_model(self) -> None:
         """``trainer=fsdp``: shard the saved submodules over all ranks (``utils.strategies.shard_module``)."""
@@ -128,21 +144,47 @@ class VideoModule(LightningModule):
     #############################################################################
 
     def check_finite(self, loss: torch.Tensor, name: str = "train/loss") -> None:
-        """Stop before the optimizer step if ``loss`` is NaN or infinite, naming the last good checkpoint."""
-        if torch.isfinite(loss):
-            return
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
-        raise FloatingPointError(
-            f"{name} is {loss.item()} at step {self.global_step}; stopping before the optimizer "
-            f"step, so no checkpoint holds these weights. Last good checkpoint: {ckpt}"
-        )
+        """Stop the run (FloatingPointError) on a non-finite ``loss``, naming its step and the last good
+        checkpoint.
+
+        important! It does not wait for the GPU to compute ``loss``: a wait drains the GPU's queue, and the
+        GPU then idles while the host queues the next work (bench/RESULTS.md, "Host waits").
+        The loss is copied to the host when the GPU gets there, and read at this guard's next call in a later
+        step (before that step's optimizer step), before any checkpoint is written, and when training ends. So
+        the run stops with the bad loss's own update applied in memory, and no checkpoint holds it.
+        """
+        self.raise_if_nonfinite(before_step=self.global_step)
+        self._unchecked.append((name, self.global_step, *on_host(loss.detach())))
+
+    def raise_if_nonfinite(self, before_step: int | None = None) -> None:
+        """Read the losses that ``check_finite`` noted at steps before ``before_step`` (None: all of them);
+        raise FloatingPointError at the first non-finite one."""
+        pending, self._unchecked = self._unchecked, []
+        for name, step, value, ready in pending:
+            if before_step is not None and step >= before_step:
+                self._unchecked.append((name, step, value, ready))  # this step's: read at a later one
+                continue
+            if ready is not None:
+                ready.synchronize()  # the GPU is usually past it: no wait, and never for the work after it
+            if not math.isfinite(value.item()):
+                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+                raise FloatingPointError(
+                    f"{name} is {value.item()} at step {step}; stopped at step {self.global_step}, before "
+                    f"any checkpoint held the weights it updated. Last good checkpoint: {ckpt}"
+                )
+
+    def on_train_end(self) -> None:
+        """The NaN guard's last losses."""
+        self.raise_if_nonfinite()
 
     #############################################################################
     #   Checkpoints: no frozen autoencoder (it comes from its own weights file), every rank's RNG states  #
     #############################################################################
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Leave out the ``unsaved`` submodules; add every rank's RNG states (for an exact resume)."""
+        """Leave out the ``unsaved`` submodules; add every rank's RNG states (for an exact resume). Not the
+        weights of a step whose loss was not finite: the NaN guard raises first."""
+        self.raise_if_nonfinite()
         prefixes = tuple(f"{name}." for name in self.unsaved)
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)

@@ -123,7 +123,7 @@ class LatteDiffusion(VideoModule):
         losses = self.diffusion_losses(batch)
         loss = losses["loss"].mean()
         self.check_finite(loss, "train/loss")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         self.log("train/loss_mse", losses["mse"].mean())
         if "vb" in losses:  # Gaussian diffusion's VLB term (flow matching has none)
             self.log("train/loss_vlb", losses["vb"].mean())

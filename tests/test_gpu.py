@@ -1,5 +1,7 @@
 """GPU checks: bf16-mixed training through the real config, and bf16 numerics of the backbone."""
 
+import json
+
 import pytest
 import torch
 
@@ -18,6 +20,21 @@ def test_bf16_mixed_training_on_gpu_writes_finite_checkpoint(tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["global_step"] == 20
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_training_step_never_makes_the_host_wait_for_the_gpu(tmp_path, compiled):
+    """train.py's loop as a user gets it (progress bar, loss curve, NaN guard, EMA, pinned batches), 3 steps
+    between the logging, validation and checkpoint steps: no synchronising CUDA call (bench/train_loop.py's
+    census). Each would drain the GPU's queue while the host runs the loop's own work."""
+    every = ["trainer.log_every_n_steps", "trainer.val_check_interval"]
+    every += ["callbacks.model_checkpoint.every_n_train_steps", "callbacks.video_sampler.every_n_steps"]
+    overrides = [*TINY, "trainer=gpu", "trainer.max_steps=10", *(f"{key}=100" for key in every)]
+    overrides += ["trainer.enable_progress_bar=true", "data.pin_memory=true", f"module.compile={compiled}"]
+    overrides += ["+callbacks.census._target_=bench.train_loop.SyncCensus", "+callbacks.census.skip=4"]
+    train(compose_train(tmp_path, [*overrides, f"+callbacks.census.path={tmp_path}/syncs.json"]))
+    census = json.loads((tmp_path / "syncs.json").read_text())
+    assert census["steps"] == 3 and census["syncs_per_step"] == {}, census
 
 
 def test_compiled_bf16_training_on_gpu_matches_the_eager_loss_curve(tmp_path):

@@ -219,6 +219,17 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, ti
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+def test_a_nan_loss_at_the_last_step_stops_the_final_checkpoint_too(tmp_path, tiny_overrides):
+    """The NaN guard reads a loss a step late (no host wait per step): a NaN at the last step is caught before
+    the final checkpoint (RunCheckpoint, at the end of training) is written."""
+    nan_at_step_3 = ["backbone._target_=tests.helpers.nan_backbone.NaNAfter", "+backbone.nan_after=3"]
+    overrides = [*tiny_overrides, "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=100"]
+    message = r"train/loss is nan at step 3; stopped at step 4.*none written"
+    with pytest.raises(FloatingPointError, match=message):
+        train(compose_train(tmp_path, [*overrides, *nan_at_step_3]))
+    assert not list((tmp_path / "run").rglob("*.ckpt")), "no checkpoint holds the weights the NaN updated"
+
+
 @pytest.mark.parametrize(
     ("override", "key", "words"),
     [
