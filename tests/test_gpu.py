@@ -131,6 +131,29 @@ def ddim_on_a_random_latte_s():
     return lambda sampler: sampler(model, GaussianDiffusion(), noise.shape, noise=noise), model
 
 
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_a_sampling_step_never_makes_the_host_wait_for_the_gpu(method):
+    """The host waits of 8 sampler steps are those of 4 (copies made once per call): none per step, where
+    each would drain the GPU's queue between the model's forwards."""
+    import warnings
+
+    from diffusion import Sampler
+
+    run, _ = ddim_on_a_random_latte_s()
+
+    def host_waits(steps: int) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run(Sampler(method, steps))
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+    assert host_waits(8) == host_waits(4)
+
+
 def test_compiled_bf16_sampling_matches_the_fp32_sampler():
     from diffusion import Sampler
 
