@@ -9,7 +9,7 @@ Latte timestep embedder, built for the integer steps 0..999 of Gaussian diffusio
 
 import torch
 
-from diffusion.objective import Model, NoisePrior, Objective, draw_noise, mean_flat, per_sample
+from diffusion.objective import Model, NoisePrior, Objective, check_jump, draw_noise, mean_flat, per_sample
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -104,8 +104,6 @@ class FlowMatching(Objective):
         model_kwargs: dict | None = None,
     ) -> torch.Tensor:
         """An Euler jump x_next = x_t + (t_next - t) v(x_t, t) to any earlier time ``t_next`` (0: data)."""
-        assert bool((t_next <= t).all() and (t_next >= 0).all()), (
-            f"step jumps back in time to a time in [0, t]: got t={t.tolist()}, t_next={t_next.tolist()}"
-        )
+        check_jump(t, t_next, earliest=0)
         v = self.velocity(model, x_t, t, model_kwargs)  # (b, f, c, h, w)
         return x_t + per_sample(t_next - t, x_t) * v

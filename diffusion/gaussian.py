@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffusion.objective import Model, NoisePrior, Objective, draw_noise, mean_flat
+from diffusion.objective import Model, NoisePrior, Objective, check_jump, draw_noise, mean_flat
 
 Respacing = str | int | Sequence[int] | None
 
@@ -463,9 +463,7 @@ class GaussianDiffusion(Objective):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """A DDIM jump from indices ``t`` to any earlier ``t_next`` (-1: clean latents); eta=0: no noise."""
-        assert bool((t_next <= t).all() and (t_next >= -1).all()), (
-            f"step jumps back in time to an index in [-1, t]: got t={t.tolist()}, t_next={t_next.tolist()}"
-        )
+        check_jump(t, t_next, earliest=-1)
         p = self.p_mean_variance(model, x_t, t, model_kwargs)
         alpha_bar, alpha_bar_next = self._alpha_bar(t, x_t), self._alpha_bar(t_next, x_t)
         return self._ddim_update(p, x_t, alpha_bar, alpha_bar_next, eta, noise_prior, generator)

@@ -45,6 +45,16 @@ def per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.to(device=x.device, dtype=x.dtype).view(*t.shape, *[1] * (x.ndim - t.ndim))
 
 
+def check_jump(t: torch.Tensor, t_next: torch.Tensor, earliest: float) -> None:
+    """Assert that a step jumps back from times ``t`` to ``t_next`` in [earliest, t] where that costs nothing,
+    on CPU tensors. important! On a GPU the check would make the host wait for the GPU at every sampler or
+    training step; the CPU tests run every caller."""
+    if t.device.type == "cpu" and t_next.device.type == "cpu":
+        assert bool((t_next <= t).all() and (t_next >= earliest).all()), (
+            f"step jumps back in time to [{earliest}, t]: got t={t.tolist()}, t_next={t_next.tolist()}"
+        )
+
+
 class Objective(ABC):
     """A training objective and its reverse-time step, shared by every module and sampler."""
 

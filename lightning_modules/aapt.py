@@ -471,8 +471,8 @@ class AAPTGan(AAPTModule):
                 detach_cache(cache)  # the next segment continues the stream without gradients into this one
                 previous = made[:, -1:].detach()
                 segments.append(fake.detach())
-                logs["loss_g"] += loss.item() / self.segments
-                logs["logits_fake"] += fake_logits.mean().item() / self.segments
+                logs["loss_g"] += loss.detach() / self.segments
+                logs["logits_fake"] += fake_logits.detach().mean() / self.segments
             opt_g.step()
         self.update_ema()  # once per generator update
         return segments, logs
@@ -495,7 +495,7 @@ class AAPTGan(AAPTModule):
                     self.manual_backward(loss / len(fakes))
                     values = {"loss_d": loss, "ar1": ar1, "ar2": ar2, "logits_real": real_logits}
                     for key, value in values.items():
-                        logs[key] += value.mean().item() / len(fakes)
+                        logs[key] += value.detach().mean() / len(fakes)
                 with uncounted(opt_d):  # one batch is one global step: G's update counts it
                     opt_d.step()
         return logs

@@ -119,34 +119,38 @@ def test_fused_attention_runs_on_its_tensors_gpu_not_the_current_one():
     assert errors["fused"][0] < 1.5 * errors["sdpa"][0] + 1e-4
 
 
-def ddim_on_a_random_latte_s():
-    """(run(sampler) -> samples from fixed noise, the model): a perturbed Latte-S/2 on the GPU, 16 x 32²."""
+def ddim_on_a_random_latte_s(objective=None):
+    """(run(sampler) -> samples from fixed noise, the model): a perturbed Latte-S/2 on the GPU, 16 x 32²,
+    sampling ``objective`` (None: Gaussian diffusion)."""
     from diffusion import GaussianDiffusion
 
     torch.manual_seed(0)
-    model = Latte(size="S", patch_size=2, input_size=32, num_frames=16).cuda().eval()
+    learn_sigma = objective is None or objective.learn_sigma  # flow matching: the velocity alone
+    model = Latte(size="S", patch_size=2, input_size=32, num_frames=16, learn_sigma=learn_sigma).cuda().eval()
     for p in model.parameters():
         p.data.add_(torch.randn_like(p) * 0.02)
     noise = torch.randn(2, 16, 4, 32, 32, device="cuda")
-    return lambda sampler: sampler(model, GaussianDiffusion(), noise.shape, noise=noise), model
+    objective = objective or GaussianDiffusion()
+    return lambda sampler: sampler(model, objective, noise.shape, noise=noise), model
 
 
-@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "euler"])
 def test_a_sampling_step_never_makes_the_host_wait_for_the_gpu(method):
     """The host waits of 8 sampler steps are those of 4 (copies made once per call): none per step, where
-    each would drain the GPU's queue between the model's forwards."""
+    each would drain the GPU's queue between the model's forwards. Gaussian diffusion and flow matching."""
     import warnings
 
-    from diffusion import Sampler
+    from diffusion import EulerSampler, FlowMatching, Sampler
 
-    run, _ = ddim_on_a_random_latte_s()
+    flow = method == "euler"
+    run, _ = ddim_on_a_random_latte_s(FlowMatching() if flow else None)
 
     def host_waits(steps: int) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                run(Sampler(method, steps))
+                run(EulerSampler(steps) if flow else Sampler(method, steps))
             finally:
                 torch.cuda.set_sync_debug_mode(0)
         return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
