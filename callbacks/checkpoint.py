@@ -4,7 +4,7 @@ import warnings
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -25,12 +25,15 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_end(trainer, pl_module)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):  # raised between optimizer steps: a consistent state
-            path = self.save_current_step(trainer)
-            rank_zero_info(
-                f"Stopped by a signal at step {trainer.global_step}; saved {path or 'nothing new'}"
-            )
-        super().on_exception(trainer, pl_module, exception)
+        try:
+            if isinstance(exception, SIGTERMException):  # raised between optimizer steps: a consistent state
+                path = self.save_current_step(trainer)
+                rank_zero_info(
+                    f"Stopped by a signal at step {trainer.global_step}; saved {path or 'nothing new'}"
+                )
+            super().on_exception(trainer, pl_module, exception)  # saves too with save_on_exception=true
+        except FloatingPointError as refused:  # the NaN guard: these weights must not be saved; the error
+            rank_zero_warn(f"not saved: {refused}")  # that stopped the run stays the one raised
 
     def save_current_step(self, trainer: Trainer) -> str | None:
         """Save this step (``step_*.ckpt`` + ``last.ckpt``) unless it is saved already; the path, or None."""

@@ -78,7 +78,12 @@ class LossCurve(Callback):
     @rank_zero_only
     def plot(self, trainer: Trainer) -> Path | None:
         """Write the PNG and log it to wandb as an image."""
-        if not self.values:
+        try:
+            values = self.values
+        except RuntimeError:  # the GPU failed (e.g. a device-side assert): plot the values read before it
+            values = self._values
+        steps = self.steps[: len(values)]
+        if not values:
             return None
         import matplotlib
 
@@ -86,12 +91,12 @@ class LossCurve(Callback):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(self.steps, self.values, alpha=0.35, label=self.key)
-        values, k = np.asarray(self.values), min(self.smoothing, len(self.values))
+        ax.plot(steps, values, alpha=0.35, label=self.key)
+        values, k = np.asarray(values), min(self.smoothing, len(values))
         csum, idx = np.concatenate([[0.0], np.cumsum(values)]), np.arange(len(values))
         start = np.maximum(0, idx - k + 1)
         smooth = (csum[idx + 1] - csum[start]) / (idx + 1 - start)  # trailing mean over k steps
-        ax.plot(self.steps, smooth, label=f"{self.key} (mean of {k})")
+        ax.plot(steps, smooth, label=f"{self.key} (mean of {k})")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(self.key)
         ax.set_yscale("log")

@@ -66,9 +66,10 @@ def on_host(scalar: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None
     if scalar.device.type != "cuda":
         return scalar.cpu(), None
     host = torch.empty((), dtype=scalar.dtype, pin_memory=True)
-    host.copy_(scalar, non_blocking=True)
-    ready = torch.cuda.Event()
-    ready.record()
+    with torch.cuda.device(scalar.device):  # the copy and the event on the scalar's GPU's stream
+        host.copy_(scalar, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
     return host, ready
 
 
@@ -88,6 +89,7 @@ class VideoModule(LightningModule):
         self.ema_of: str | None = None  # the name of the submodule that `self.ema` averages (add_ema)
         self._rng_states: list[dict] | None = None  # every rank's RNG states from the checkpoint resumed from
         self._unchecked: list[tuple] = []  # the NaN guard's losses not read yet: (name, step, value, ready)
+        self._nonfinite: str | None = None  # what the NaN guard found ("train/loss is nan at step 3")
 
     def configure_model(self) -> None:
         """``trainer=fsdp``: shard the saved submodules over all ranks (``utils.strategies.shard_module``)."""
@@ -148,17 +150,20 @@ class VideoModule(LightningModule):
         checkpoint.
 
         important! It does not wait for the GPU to compute ``loss``: a wait drains the GPU's queue, and the
-        GPU then idles while the host queues the next work (bench/RESULTS.md, "Host waits").
-        The loss is copied to the host when the GPU gets there, and read at this guard's next call in a later
-        step (before that step's optimizer step), before any checkpoint is written, and when training ends. So
-        the run stops with the bad loss's own update applied in memory, and no checkpoint holds it.
+        GPU then idles while the host queues the next work (bench/RESULTS.md, "Host waits"). The loss is
+        copied to the host when the GPU gets there, and read at this guard's first call after ``global_step``
+        has moved on (before that step's optimizer step), before any checkpoint is written (on every rank:
+        under DDP one rank's NaN reaches every rank's weights), and when training ends. So the run stops with
+        the bad loss's own update applied in memory, and no checkpoint holds it: once found, every later save
+        raises.
         """
         self.raise_if_nonfinite(before_step=self.global_step)
         self._unchecked.append((name, self.global_step, *on_host(loss.detach())))
 
-    def raise_if_nonfinite(self, before_step: int | None = None) -> None:
+    def raise_if_nonfinite(self, before_step: int | None = None, all_ranks: bool = False) -> None:
         """Read the losses that ``check_finite`` noted at steps before ``before_step`` (None: all of them);
-        raise FloatingPointError at the first non-finite one."""
+        raise FloatingPointError if one was not finite, now or at any earlier call. ``all_ranks`` (every rank
+        calls it): also if another rank's was not."""
         pending, self._unchecked = self._unchecked, []
         for name, step, value, ready in pending:
             if before_step is not None and step >= before_step:
@@ -166,16 +171,22 @@ class VideoModule(LightningModule):
                 continue
             if ready is not None:
                 ready.synchronize()  # the GPU is usually past it: no wait, and never for the work after it
-            if not math.isfinite(value.item()):
-                ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
-                raise FloatingPointError(
-                    f"{name} is {value.item()} at step {step}; stopped at step {self.global_step}, before "
-                    f"any checkpoint held the weights it updated. Last good checkpoint: {ckpt}"
-                )
+            if self._nonfinite is None and not math.isfinite(value.item()):
+                self._nonfinite = f"{name} is {value.item()} at step {step}"
+        trainer = self._trainer
+        if all_ranks and trainer is not None and trainer.world_size > 1:
+            if trainer.strategy.reduce_boolean_decision(self._nonfinite is not None, all=False):
+                self._nonfinite = self._nonfinite or "a loss of another rank is not finite"
+        if self._nonfinite is not None:
+            ckpt = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "")
+            raise FloatingPointError(
+                f"{self._nonfinite}; stopped at step {self.global_step}, before any checkpoint held the "
+                f"weights it updated. Last good checkpoint: {ckpt or 'none written yet'}"
+            )
 
     def on_train_end(self) -> None:
         """The NaN guard's last losses."""
-        self.raise_if_nonfinite()
+        self.raise_if_nonfinite(all_ranks=True)
 
     #############################################################################
     #   Checkpoints: no frozen autoencoder (it comes from its own weights file), every rank's RNG states  #
@@ -183,8 +194,8 @@ class VideoModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Leave out the ``unsaved`` submodules; add every rank's RNG states (for an exact resume). Not the
-        weights of a step whose loss was not finite: the NaN guard raises first."""
-        self.raise_if_nonfinite()
+        weights of a step whose loss was not finite, on any rank: the NaN guard raises first."""
+        self.raise_if_nonfinite(all_ranks=True)
         prefixes = tuple(f"{name}." for name in self.unsaved)
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)

@@ -219,6 +219,20 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, ti
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+def test_once_the_nan_guard_has_fired_no_later_save_writes_the_weights(tmp_path, tiny_overrides):
+    """Lightning's save_on_exception saves after the guard's error: the guard refuses that save too."""
+    nan_at_step_3 = ["backbone._target_=tests.helpers.nan_backbone.NaNAfter", "+backbone.nan_after=3"]
+    overrides = [*tiny_overrides, "trainer.max_steps=10"]
+    overrides += ["+callbacks.model_checkpoint.save_on_exception=true"]
+    with pytest.warns(UserWarning, match="not saved: train/loss is nan at step 3"):
+        with pytest.raises(FloatingPointError, match="train/loss is nan at step 3"):
+            train(compose_train(tmp_path, [*overrides, *nan_at_step_3]))
+    for path in (tmp_path / "run").rglob("*.ckpt"):
+        state = _load(path)
+        finite = all(torch.isfinite(v).all() for v in state["state_dict"].values())
+        assert state["global_step"] <= 3 and finite, path
+
+
 def test_a_nan_loss_at_the_last_step_stops_the_final_checkpoint_too(tmp_path, tiny_overrides):
     """The NaN guard reads a loss a step late (no host wait per step): a NaN at the last step is caught before
     the final checkpoint (RunCheckpoint, at the end of training) is written."""
