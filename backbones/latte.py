@@ -274,17 +274,28 @@ class LatteCache:
         return self.frames, visible(queries, keys, window, sink_frames)
 
     def advance(self, new_frames: int, window: int | None, sink_frames: int) -> None:
-        """Count the `new_frames` frames every layer appended; drop the frames that no later frame sees."""
+        """Count the `new_frames` frames every layer appended; drop the frames that no later frame sees.
+
+        The cache holds the sink frames, then consecutive positions up to the newest frame, so the frames the
+        next one sees (`causal_frames`) are a prefix and a suffix of it, whose lengths the host knows: slices,
+        where a boolean mask of the device positions would make the host wait for the GPU at every layer.
+        """
         start = self.frames
         new = torch.arange(start, start + new_frames, device=self.positions.device)  # (f,)
         self.positions, self.frames = torch.cat([self.positions, new]), start + new_frames  # (n + f,)
         if window is None:
             return
-        upcoming = torch.tensor([self.frames], device=self.positions.device)  # (1,) the next frame
-        keep = causal_frames(upcoming, self.positions, window, sink_frames)[0]  # (n + f,)
-        self.positions = self.positions[keep]  # (n',)
+        n, sinks = self.positions.shape[0], min(sink_frames, self.frames)  # the first `sinks` are sink frames
+        recent = min(window - 1, self.frames - sinks)  # the last ones: positions > the next frame's - window
+        if sinks + recent >= n:
+            return
+
+        def kept(x: torch.Tensor, dim: int) -> torch.Tensor:
+            return torch.cat([x.narrow(dim, 0, sinks), x.narrow(dim, n - recent, recent)], dim=dim)
+
+        self.positions = kept(self.positions, 0)  # (n',)
         for kv in self.layers.values():
-            kv.k, kv.v = kv.k[:, :, keep], kv.v[:, :, keep]  # (b*l, h, n', e)
+            kv.k, kv.v = kept(kv.k, 2), kept(kv.v, 2)  # (b*l, h, n', e)
 
 
 @dataclass

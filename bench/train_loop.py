@@ -86,6 +86,7 @@ class StepTimer(Callback):
     """
 
     def __init__(self, path: str, skip: int):
+        assert skip >= 1, "the first step compiles: it is timed on its own, never with the others"
         self.path, self.skip, self.losses = Path(path), skip, []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -106,6 +107,9 @@ class StepTimer(Callback):
                 self.step_s = seconds / (len(self.losses) - self.skip)
 
     def on_train_end(self, trainer, module) -> None:
+        if not hasattr(self, "step_s"):  # training ended before max_steps (e.g. the data ran out)
+            sync()
+            self.step_s = (time.perf_counter() - self.start) / max(1, len(self.losses) - self.skip)
         losses = [float(loss) for loss in self.losses]
         self.path.write_text(
             json.dumps({"step_s": self.step_s, "first_step_s": self.first_step_s, "losses": losses})

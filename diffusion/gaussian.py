@@ -206,6 +206,10 @@ class GaussianDiffusion(Objective):
             setattr(self, name, torch.from_numpy(values))  # float64, CPU; _extract reads a copy on x's device
         self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}  # (table name, device) -> copy
 
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) without the tables' device copies: a CPU-only host can load it."""
+        return {**self.__dict__, "_on_device": {}}
+
     def __repr__(self) -> str:
         return (
             f"GaussianDiffusion({self.beta_schedule}, T={self.base_num_timesteps}, "

@@ -98,14 +98,25 @@ class FirstFrames(nn.Module):
             raise ValueError(f"module.keep_first_frames must be >= 1, got {size}")
         self.register_buffer("frames", torch.zeros(size, 1, *shape))  # (n, 1, c, h, w)
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # how many are filled
+        self.filled: int | None = None  # `count` on the host; None: read it (after construction or a load)
+        self.register_load_state_dict_post_hook(FirstFrames.reread_count)
+
+    @staticmethod
+    def reread_count(module: "FirstFrames", incompatible_keys) -> None:
+        """After loading weights: read the count again at the next call."""
+        module.filled = None
 
     @torch.no_grad()
     def remember(self, latents: torch.Tensor) -> None:
-        """Keep the first frames of clips (b, f, c, h, w) while there is room."""
-        filled = int(self.count)
-        new = latents[: self.frames.shape[0] - filled, :1]  # (k, 1, c, h, w)
-        self.frames[filled : filled + new.shape[0]] = new.to(self.frames.dtype)
-        self.count += new.shape[0]
+        """Keep the first frames of clips (b, f, c, h, w) while there is room (called every step: the count
+        is kept on the host too, as reading the buffer would make the host wait for the GPU)."""
+        if self.filled is None:
+            self.filled = int(self.count)
+        new = latents[: self.frames.shape[0] - self.filled, :1]  # (k, 1, c, h, w)
+        if new.shape[0]:
+            self.frames[self.filled : self.filled + new.shape[0]] = new.to(self.frames.dtype)
+            self.count += new.shape[0]
+            self.filled += new.shape[0]
 
     def take(self, n: int) -> torch.Tensor:
         """First frames (n, 1, c, h, w): kept frame i mod count for video i."""

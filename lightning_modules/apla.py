@@ -158,7 +158,7 @@ class HyperLoss:
         """Mean LPIPS of decoded x0' vs x0 (b f c h w) on ``perceptual_frames`` random frames per video."""
         b, f = x0.shape[:2]
         k = min(self.perceptual_frames, f)
-        scores = torch.rand(b, f, generator=generator, device=generator.device if generator else None)
+        scores = torch.rand(b, f, generator=generator, device=generator.device if generator else x0.device)
         frames = scores.argsort(dim=1)[:, :k].to(x0.device)  # (b, k) distinct random frames per video
         pick = lambda x: torch.stack([x[i, frames[i]] for i in range(b)])  # (b, k, c, h, w)
         if self.lpips is None:
@@ -237,6 +237,8 @@ class APLAFinetune(VideoModule):
         shape = (1, backbone.num_frames, backbone.in_channels, backbone.input_size, backbone.input_size)
         self.register_buffer("video_latents", torch.zeros(shape))  # the training clip (DDIM inversion)
         self.register_buffer("video_label", torch.full((1,), -1, dtype=torch.long))  # -1: none seen yet
+        self.video_kept: bool | None = None  # whether video_label is set, on the host; None: read it
+        self.register_load_state_dict_post_hook(APLAFinetune.reread_video_kept)
 
     #############################################################################
     #                        The perturbed noise prediction                     #
@@ -333,12 +335,21 @@ class APLAFinetune(VideoModule):
         self.log_dict(logs)
         return loss.detach()
 
+    @staticmethod
+    def reread_video_kept(module: "APLAFinetune", incompatible_keys) -> None:
+        """After loading weights: read video_label again at the next step."""
+        module.video_kept = None
+
     @torch.no_grad()
     def remember_video(self, x0: torch.Tensor, y: torch.Tensor | None) -> None:
-        """Keep the first training clip's latents (and label): sampling from its DDIM inversion needs them."""
-        if int(self.video_label) == -1:
+        """Keep the first training clip's latents (and label): sampling from its DDIM inversion needs them.
+        Called every step: whether one is kept is known on the host too (reading the buffer would wait)."""
+        if self.video_kept is None:
+            self.video_kept = int(self.video_label) != -1
+        if not self.video_kept:
             self.video_latents.copy_(x0[:1].to(self.video_latents.dtype))
-            self.video_label.fill_(int(y[0]) if y is not None else 0)
+            self.video_label.copy_(y[:1] if y is not None else torch.zeros_like(self.video_label))
+            self.video_kept = True
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         generator = torch.Generator(self.device).manual_seed(batch_idx)  # same t and noise every time

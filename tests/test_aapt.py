@@ -12,7 +12,7 @@ from torch import nn
 from backbones import FrameDiscriminator, Latte
 from diffusion import FlowMatching
 from diffusion.autoregressive import rollout
-from lightning_modules.aapt import AAPTDistill, AAPTGan, detach_cache, pseudo_huber
+from lightning_modules.aapt import AAPTDistill, AAPTGan, FirstFrames, detach_cache, pseudo_huber
 from lightning_modules.gan_losses import (
     approximate_penalty,
     perturb,
@@ -383,3 +383,17 @@ def test_the_readme_chains_the_three_synthetic_stages_through_checkpoints(tmp_pa
         "the teacher is stage 1"
     )
     assert (runs["gan"] / "samples").is_dir() and list((runs["gan"] / "samples").glob("*.mp4"))
+
+
+def test_first_frames_fill_once_and_continue_after_a_load():
+    """FirstFrames counts on the host (no wait per step), and reads its count again after loading a state."""
+    kept = FirstFrames(3, (1, 2, 2))
+    kept.remember(torch.full((2, 4, 1, 2, 2), 1.0))
+    kept.remember(torch.full((2, 4, 1, 2, 2), 2.0))  # one more fits
+    kept.remember(torch.full((2, 4, 1, 2, 2), 3.0))  # full: nothing changes
+    assert int(kept.count) == 3 and kept.frames.flatten(1)[:, 0].tolist() == [1.0, 1.0, 2.0]
+    half = FirstFrames(3, (1, 2, 2))
+    half.remember(torch.full((1, 4, 1, 2, 2), 5.0))
+    half.load_state_dict(FirstFrames(3, (1, 2, 2)).state_dict())  # an empty one: its count is 0
+    half.remember(torch.full((1, 4, 1, 2, 2), 7.0))
+    assert int(half.count) == 1 and half.frames[0].flatten()[0] == 7.0, "filled from the loaded count"

@@ -461,3 +461,15 @@ def test_sampler_validation_errors():
         Sampler(method="ddpm", eta=0.5)
     with pytest.raises(ValueError, match="null_class"):
         Sampler(cfg_scale=4.0)(label_model, GaussianDiffusion(), (1, 1, 4, 2, 2), y=torch.tensor([1]))
+
+
+def test_the_tables_are_copied_to_a_device_once_and_not_pickled():
+    """_extract reads a device's copy of each table, made once; a pickle or deep copy leaves copies out."""
+    import copy
+    import pickle
+
+    diffusion = GaussianDiffusion()
+    first = diffusion._on("betas", torch.device("meta"))
+    assert diffusion._on("betas", torch.device("meta")) is first and first.device.type == "meta"
+    for clone in (pickle.loads(pickle.dumps(diffusion)), copy.deepcopy(diffusion)):
+        assert clone._on_device == {} and torch.equal(clone.betas, diffusion.betas)
