@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import signal as signal_module
+import sys
 from pathlib import Path
 
 import torch
@@ -119,3 +120,50 @@ class ClipsProbe(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         with open(self.dirpath / f"rank{trainer.global_rank}.jsonl", "a") as file:
             file.write(json.dumps({"step": trainer.global_step, "clips": clips}) + "\n")
+
+
+class HostReadProbe(Callback):
+    """Counts, in ``steps`` training steps after ``skip``, every call from this project's code that reads a
+    tensor's value on the host (``.item()``, ``.tolist()``, ``bool``, ``float``, ``int``, ``.numpy()``,
+    ``.cpu()``), by its function (``path:function``, in the class attribute ``seen``). On a GPU each one
+    makes the host wait for it: the CPU stand-in for bench/train_loop.py's census, which needs a GPU (and
+    which also sees blocking copies and boolean masks, which this cannot)."""
+
+    READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu")
+    seen: dict[str, int] = {}
+
+    def __init__(self, skip: int = 3, steps: int = 3):
+        self.skip, self.steps, self.started, self.originals = skip, steps, 0, {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self.started == self.skip:
+            HostReadProbe.seen.clear()
+            for name in self.READS:
+                self.originals[name] = getattr(torch.Tensor, name)
+                setattr(torch.Tensor, name, self.counted(self.originals[name]))
+        elif self.started == self.skip + self.steps:
+            self.restore()
+        self.started += 1
+
+    def on_train_end(self, trainer, module) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)
+        self.originals = {}
+
+    @staticmethod
+    def counted(read):
+        """``read``, counting its calls made directly from this project's code."""
+        root = Path(__file__).resolve().parents[2]
+
+        def wrapper(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            path = Path(caller.co_filename).resolve()
+            if root in path.parents:
+                site = f"{path.relative_to(root)}:{caller.co_name}"
+                HostReadProbe.seen[site] = HostReadProbe.seen.get(site, 0) + 1
+            return read(tensor, *args, **kwargs)
+
+        return wrapper
