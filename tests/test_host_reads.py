@@ -3,6 +3,7 @@ wait for it and drain the GPU's queue (bench/RESULTS.md, "Host waits"). The CPU 
 tests/test_gpu.py's census, which needs a GPU."""
 
 import pytest
+import torch
 
 from tests.conftest import TINY, compose_train
 from tests.helpers.probes import HostReadProbe
@@ -47,3 +48,23 @@ def test_no_training_step_reads_a_tensor_on_the_host(tmp_path, method):
     assert "lightning_modules/base.py:raise_if_nonfinite" in seen, f"the probe counts nothing: {seen}"
     reads = {site: n for site, n in seen.items() if not site.startswith(HOST_DATA) and site not in BY_DESIGN}
     assert reads == {}, f"host reads of tensors in 3 training steps: {reads}"
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "euler"])
+def test_no_sampling_step_reads_a_tensor_on_the_host(method):
+    """Host reads from this project's code while sampling 8 steps are those of 4 (once per call): none per
+    step, where on a GPU each would drain the queue between the model's forwards."""
+    from backbones import Latte
+    from diffusion import EulerSampler, FlowMatching, GaussianDiffusion, Sampler
+
+    flow = method == "euler"
+    model = Latte(size="S", patch_size=4, input_size=8, num_frames=4, learn_sigma=not flow).eval()
+    objective, noise = FlowMatching() if flow else GaussianDiffusion(), torch.randn(1, 4, 4, 8, 8)
+
+    def reads(steps: int) -> dict[str, int]:
+        sampler = EulerSampler(steps) if flow else Sampler(method, steps)
+        with HostReadProbe.counting() as seen:
+            sampler(model, objective, noise.shape, noise=noise)
+        return {site: n for site, n in seen.items() if site not in BY_DESIGN}
+
+    assert reads(8) == reads(4)

@@ -1,11 +1,13 @@
 """Callbacks that record what a run saw, for tests that drive train.py through its config."""
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
 import signal as signal_module
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -133,37 +135,47 @@ class HostReadProbe(Callback):
     seen: dict[str, int] = {}
 
     def __init__(self, skip: int = 3, steps: int = 3):
-        self.skip, self.steps, self.started, self.originals = skip, steps, 0, {}
+        self.skip, self.steps, self.started, self.block = skip, steps, 0, None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.started == self.skip:
-            HostReadProbe.seen.clear()
-            for name in self.READS:
-                self.originals[name] = getattr(torch.Tensor, name)
-                setattr(torch.Tensor, name, self.counted(self.originals[name]))
+            self.block = HostReadProbe.counting()
+            self.block.__enter__()
         elif self.started == self.skip + self.steps:
-            self.restore()
+            self.stop()
         self.started += 1
 
     def on_train_end(self, trainer, module) -> None:
-        self.restore()
+        self.stop()
 
-    def restore(self) -> None:
-        for name, original in self.originals.items():
-            setattr(torch.Tensor, name, original)
-        self.originals = {}
+    def stop(self) -> None:
+        if self.block is not None:
+            self.block.__exit__(None, None, None)
+            self.block = None
 
     @staticmethod
-    def counted(read):
-        """``read``, counting its calls made directly from this project's code."""
-        root = Path(__file__).resolve().parents[2]
+    @contextlib.contextmanager
+    def counting() -> Iterator[dict[str, int]]:
+        """Count the host reads made inside the block into ``HostReadProbe.seen`` (cleared first)."""
+        root, originals = Path(__file__).resolve().parents[2], {}
+        HostReadProbe.seen.clear()
 
-        def wrapper(tensor, *args, **kwargs):
-            caller = sys._getframe(1).f_code
-            path = Path(caller.co_filename).resolve()
-            if root in path.parents:
-                site = f"{path.relative_to(root)}:{caller.co_name}"
-                HostReadProbe.seen[site] = HostReadProbe.seen.get(site, 0) + 1
-            return read(tensor, *args, **kwargs)
+        def counted(read):
+            def wrapper(tensor, *args, **kwargs):
+                caller = sys._getframe(1).f_code  # the code that called the read
+                path = Path(caller.co_filename).resolve()
+                if root in path.parents:
+                    site = f"{path.relative_to(root)}:{caller.co_name}"
+                    HostReadProbe.seen[site] = HostReadProbe.seen.get(site, 0) + 1
+                return read(tensor, *args, **kwargs)
 
-        return wrapper
+            return wrapper
+
+        try:
+            for name in HostReadProbe.READS:
+                originals[name] = getattr(torch.Tensor, name)
+                setattr(torch.Tensor, name, counted(originals[name]))
+            yield HostReadProbe.seen
+        finally:
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
