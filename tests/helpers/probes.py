@@ -164,7 +164,7 @@ class HostReadProbe(Callback):
             def wrapper(tensor, *args, **kwargs):
                 caller = sys._getframe(1).f_code  # the code that called the read
                 path = Path(caller.co_filename).resolve()
-                if root in path.parents:
+                if root in path.parents and "site-packages" not in path.parts:  # ours, not a venv's in root
                     site = f"{path.relative_to(root)}:{caller.co_name}"
                     HostReadProbe.seen[site] = HostReadProbe.seen.get(site, 0) + 1
                 return read(tensor, *args, **kwargs)
