@@ -31,6 +31,7 @@ across frames (``--time-backend efficient``), a change of numerics as small and 
 """
 
 import argparse
+import contextlib
 import datetime
 import faulthandler
 import json
@@ -42,6 +43,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -130,16 +132,12 @@ class SyncCensus(Callback):
     STEPS = 3
 
     def __init__(self, path: str, skip: int, steps: int = STEPS):
-        self.path, self.skip, self.steps, self.started, self.sites = Path(path), skip, steps, 0, {}
+        self.path, self.skip, self.steps, self.started = Path(path), skip, steps, 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.started == self.skip:
-            self.warnings = warnings.catch_warnings()
-            self.warnings.__enter__()
-            warnings.simplefilter("always")
-            self.show, warnings.showwarning = warnings.showwarning, self.record
-            if torch.cuda.is_available():  # on the CPU nothing waits: the census stays empty
-                torch.cuda.set_sync_debug_mode("warn")
+            self.block = SyncCensus.waits()
+            self.sites = self.block.__enter__()
         elif self.started == self.skip + self.steps:
             self.stop(trainer)
         self.started += 1
@@ -148,17 +146,8 @@ class SyncCensus(Callback):
         if self.skip < self.started <= self.skip + self.steps:  # training ended inside the census
             self.stop(trainer)
 
-    def record(self, message, category, filename, lineno, file=None, line=None) -> None:
-        """Count a sync warning at its site; show any other warning as usual."""
-        if self.MESSAGE not in str(message):
-            return self.show(message, category, filename, lineno, file, line)
-        site = sync_site(traceback.extract_stack()[:-1])
-        self.sites[site] = self.sites.get(site, 0) + 1
-
     def stop(self, trainer) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.set_sync_debug_mode(0)
-        self.warnings.__exit__(None, None, None)  # restores warnings.showwarning
+        self.block.__exit__(None, None, None)
         steps = min(self.steps, self.started - self.skip)
         if trainer.global_rank == 0:
             per_step = {
@@ -166,6 +155,31 @@ class SyncCensus(Callback):
             }
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps({"steps": steps, "syncs_per_step": per_step}, indent=2))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def waits() -> Iterator[dict[str, int]]:
+        """Count the host's waits for the GPU inside the block by site (``sync_site``); show other warnings.
+        On the CPU nothing waits: the count stays empty."""
+        sites: dict[str, int] = {}
+        with warnings.catch_warnings():  # restores warnings.showwarning and the filters at the end
+            warnings.simplefilter("always")
+            show = warnings.showwarning
+
+            def record(message, category, filename, lineno, file=None, line=None) -> None:
+                if SyncCensus.MESSAGE not in str(message):
+                    return show(message, category, filename, lineno, file, line)
+                site = sync_site(traceback.extract_stack()[:-1])
+                sites[site] = sites.get(site, 0) + 1
+
+            warnings.showwarning = record
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield sites
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.set_sync_debug_mode(0)
 
 
 def sync_site(stack: list[traceback.FrameSummary]) -> str:

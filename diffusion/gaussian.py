@@ -181,9 +181,8 @@ class GaussianDiffusion(Objective):
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
             "alphas_cumprod_prev": alphas_cumprod_prev,
-            "alphas_cumprod_after_clean": np.append(
-                1.0, alphas_cumprod
-            ),  # index t + 1 is abar_t; 0 is x0's 1
+            # index t + 1 holds abar_t, index 0 the clean latents' abar of 1
+            "alphas_cumprod_after_clean": np.append(1.0, alphas_cumprod),
             "one_minus_alphas_cumprod": 1.0 - alphas_cumprod,
             "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
             "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),

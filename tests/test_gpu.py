@@ -138,22 +138,16 @@ def ddim_on_a_random_latte_s(objective=None):
 def test_a_sampling_step_never_makes_the_host_wait_for_the_gpu(method):
     """The host waits of 8 sampler steps are those of 4 (copies made once per call): none per step, where
     each would drain the GPU's queue between the model's forwards. Gaussian diffusion and flow matching."""
-    import warnings
-
+    from bench.train_loop import SyncCensus
     from diffusion import EulerSampler, FlowMatching, Sampler
 
     flow = method == "euler"
     run, _ = ddim_on_a_random_latte_s(FlowMatching() if flow else None)
 
     def host_waits(steps: int) -> int:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                run(EulerSampler(steps) if flow else Sampler(method, steps))
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-        return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+        with SyncCensus.waits() as sites:
+            run(EulerSampler(steps) if flow else Sampler(method, steps))
+        return sum(sites.values())
 
     assert host_waits(8) == host_waits(4)
 
